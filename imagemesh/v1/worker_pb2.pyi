@@ -1,0 +1,122 @@
+from imagemesh.v1 import imagemesh_pb2 as _imagemesh_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WorkerHello(_message.Message):
+    __slots__ = ("worker_id", "pool", "capacity", "version", "device", "providers")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    pool: str
+    capacity: int
+    version: str
+    device: str
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., pool: _Optional[str] = ..., capacity: _Optional[int] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("in_flight", "sent_unix_ms")
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    in_flight: int
+    sent_unix_ms: int
+    def __init__(self, in_flight: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("attempt_id", "task_id", "attempt", "fence", "budget_ms", "output_filename", "provider", "token", "generate", "enhance")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FILENAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
+    ENHANCE_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    task_id: str
+    attempt: int
+    fence: int
+    budget_ms: int
+    output_filename: str
+    provider: str
+    token: str
+    generate: _imagemesh_pb2.GenerateSpec
+    enhance: _imagemesh_pb2.EnhanceSpec
+    def __init__(self, attempt_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fence: _Optional[int] = ..., budget_ms: _Optional[int] = ..., output_filename: _Optional[str] = ..., provider: _Optional[str] = ..., token: _Optional[str] = ..., generate: _Optional[_Union[_imagemesh_pb2.GenerateSpec, _Mapping]] = ..., enhance: _Optional[_Union[_imagemesh_pb2.EnhanceSpec, _Mapping]] = ...) -> None: ...
+
+class AttemptResult(_message.Message):
+    __slots__ = ("attempt_id", "task_id", "attempt", "fence", "state", "files", "error", "provider", "tries", "run_ms", "model", "device", "fallback_ok")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    TRIES_FIELD_NUMBER: _ClassVar[int]
+    RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_OK_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    task_id: str
+    attempt: int
+    fence: int
+    state: _imagemesh_pb2.TaskState
+    files: _containers.RepeatedCompositeFieldContainer[_imagemesh_pb2.OutputFile]
+    error: _imagemesh_pb2.TaskError
+    provider: str
+    tries: int
+    run_ms: int
+    model: str
+    device: str
+    fallback_ok: bool
+    def __init__(self, attempt_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fence: _Optional[int] = ..., state: _Optional[_Union[_imagemesh_pb2.TaskState, str]] = ..., files: _Optional[_Iterable[_Union[_imagemesh_pb2.OutputFile, _Mapping]]] = ..., error: _Optional[_Union[_imagemesh_pb2.TaskError, _Mapping]] = ..., provider: _Optional[str] = ..., tries: _Optional[int] = ..., run_ms: _Optional[int] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., fallback_ok: _Optional[bool] = ...) -> None: ...
+
+class WorkerMessage(_message.Message):
+    __slots__ = ("hello", "credits", "results", "heartbeat", "draining", "returned")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_FIELD_NUMBER: _ClassVar[int]
+    hello: WorkerHello
+    credits: int
+    results: _containers.RepeatedCompositeFieldContainer[AttemptResult]
+    heartbeat: Heartbeat
+    draining: bool
+    returned: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credits: _Optional[int] = ..., results: _Optional[_Iterable[_Union[AttemptResult, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[bool] = ..., returned: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("gateway_id", "heartbeat_interval_ms")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    heartbeat_interval_ms: int
+    def __init__(self, gateway_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+
+class GatewayMessage(_message.Message):
+    __slots__ = ("welcome", "assignments", "cancels", "goaway")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_FIELD_NUMBER: _ClassVar[int]
+    GOAWAY_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    cancels: _containers.RepeatedScalarFieldContainer[str]
+    goaway: bool
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancels: _Optional[_Iterable[str]] = ..., goaway: _Optional[bool] = ...) -> None: ...
