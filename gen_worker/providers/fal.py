@@ -54,17 +54,14 @@ class FalProvider(HTTPProvider):
         inputs = dict(request.inputs)
         inputs["prompt"] = request.prompt
         inputs["num_images"] = request.num_outputs
-        response = await self.send("POST", f"{self.base_url}/{model}", token=token,
-                                   deadline=deadline, json=inputs, what="queueing a request")
-        queued = self.json_of(response, self.name, "queueing a request")
-        job = queued.get("request_id")
-        if not isinstance(job, str) or not job:
-            raise ProviderFailed("fal answered without a request id", retryable=True)
         app = "/".join(segments[:2])
-        base = f"{self.base_url}/{app}/requests/{job}"
-        status_url = queued["status_url"] if self._ours(queued.get("status_url")) else base + "/status"
-        result_url = queued["response_url"] if self._ours(queued.get("response_url")) else base
-        cancel_url = queued["cancel_url"] if self._ours(queued.get("cancel_url")) else base + "/cancel"
+        response = await self.submit(
+            self.send("POST", f"{self.base_url}/{model}", token=token, deadline=deadline,
+                      json=inputs, what="queueing a request"),
+            lambda answer: self._cancel_queued(answer, app, token),
+            budget=self.cancel_timeout)
+        job, status_url, result_url, cancel_url = self._urls(
+            self.json_of(response, self.name, "queueing a request"), app)
         finished = False
         try:
             status = await self.poll_until(
@@ -80,6 +77,20 @@ class FalProvider(HTTPProvider):
             if not finished:
                 await self.cancel_remote(lambda: self._cancel(cancel_url, token), job)
         return self._outputs(result)
+
+    def _urls(self, queued: dict[str, Any], app: str) -> tuple[str, str, str, str]:
+        job = queued.get("request_id")
+        if not isinstance(job, str) or not job:
+            raise ProviderFailed("fal answered without a request id", retryable=True)
+        base = f"{self.base_url}/{app}/requests/{job}"
+        status_url = queued["status_url"] if self._ours(queued.get("status_url")) else base + "/status"
+        result_url = queued["response_url"] if self._ours(queued.get("response_url")) else base
+        cancel_url = queued["cancel_url"] if self._ours(queued.get("cancel_url")) else base + "/cancel"
+        return job, status_url, result_url, cancel_url
+
+    async def _cancel_queued(self, answer: Any, app: str, token: str) -> None:
+        _, _, _, cancel_url = self._urls(self.json_of(answer, self.name, "queueing a request"), app)
+        await self._cancel(cancel_url, token)
 
     async def _json(self, method: str, url: str, token: str, deadline: float,
                     what: str) -> dict[str, Any]:

@@ -280,10 +280,36 @@ class HTTPProvider:
             await asyncio.sleep(max(0.0, min(delay, remaining)))
             delay = min(self.poll_max, delay * 1.5)
 
-    async def cancel_remote(self, cancel: Callable[[], Awaitable[None]], job: str) -> None:
-        """Run `cancel()` best-effort: shielded from a second cancellation, bounded by
-        `cancel_timeout`; a cancel still running after that continues in the background until
-        `aclose`. Its failure is logged (without token), never raised."""
+    async def submit(self, create: Awaitable[httpx.Response],
+                     cancel_created: Callable[[httpx.Response], Awaitable[None]],
+                     *, budget: float) -> httpx.Response:
+        """Send a job-creating request that must not be orphaned.
+
+        If we are cancelled (a lost race, or the deadline) while the request is out, the job may
+        already exist at the provider, yet we do not know its id until the answer arrives. So the
+        request keeps going (shielded); when it answers, `cancel_created(response)` stops the job.
+        The caller waits for that up to `budget` seconds (the job keeps holding the key's slot
+        until then, so the caller's lease must too), then the cancellation propagates.
+        """
+        task = asyncio.ensure_future(create)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            async def stop() -> None:
+                try:
+                    response = await task
+                except Exception:
+                    return  # no job was created, or we cannot know its id
+                await cancel_created(response)
+            await self.cancel_remote(stop, "(answer pending)", budget=budget)
+            raise
+
+    async def cancel_remote(self, cancel: Callable[[], Awaitable[None]], job: str, *,
+                            budget: float | None = None) -> None:
+        """Run `cancel()` best-effort: shielded from a second cancellation, bounded by `budget`
+        (default `cancel_timeout`); a cancel still running after that continues in the
+        background until `aclose`. Its failure is logged (without token), never raised."""
+        budget = self.cancel_timeout if budget is None else budget
 
         async def run() -> None:
             try:
@@ -296,7 +322,6 @@ class HTTPProvider:
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)
         try:
-            await asyncio.wait_for(asyncio.shield(task), self.cancel_timeout)
+            await asyncio.wait_for(asyncio.shield(task), budget)
         except TimeoutError:
-            log.info("%s: cancel of job %s still running after %.1fs", self.name, job,
-                     self.cancel_timeout)
+            log.info("%s: cancel of job %s still running after %.1fs", self.name, job, budget)

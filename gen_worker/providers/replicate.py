@@ -35,8 +35,12 @@ TERMINAL = ("succeeded", "failed", "canceled")
 class ReplicateProvider(HTTPProvider):
     name = "replicate"
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, **kwargs: Any) -> None:
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, *, prefer_wait: int = MAX_PREFER_WAIT,
+                 **kwargs: Any) -> None:
         super().__init__(base_url, **kwargs)
+        # Longest `Prefer: wait`. Longer saves polls; but a cancellation during the wait can only
+        # stop the job once the answer (with its id) arrives, up to this many seconds later.
+        self.prefer_wait = max(0, min(MAX_PREFER_WAIT, prefer_wait))
 
     def _create_call(self, model: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if not model:
@@ -61,11 +65,14 @@ class ReplicateProvider(HTTPProvider):
         inputs["num_outputs"] = request.num_outputs
         path, body = self._create_call(request.model, inputs)
         headers = {}
-        wait = min(MAX_PREFER_WAIT, int(deadline - time.monotonic()) - 1)
+        wait = min(self.prefer_wait, int(deadline - time.monotonic()) - 1)
         if wait >= 1:
             headers["Prefer"] = f"wait={wait}"
-        response = await self.send("POST", self.base_url + path, token=token, deadline=deadline,
-                                   json=body, headers=headers, what="creating a prediction")
+        response = await self.submit(
+            self.send("POST", self.base_url + path, token=token, deadline=deadline, json=body,
+                      headers=headers, what="creating a prediction"),
+            lambda answer: self._cancel_created(answer, token),
+            budget=max(wait, 0) + self.cancel_timeout)
         prediction = self.json_of(response, self.name, "creating a prediction")
         job = prediction.get("id")
         if not isinstance(job, str) or not job:
@@ -86,6 +93,12 @@ class ReplicateProvider(HTTPProvider):
         response = await self.send("GET", f"{self.base_url}/v1/predictions/{job}", token=token,
                                    deadline=deadline, what="polling a prediction")
         return self.json_of(response, self.name, "polling a prediction")
+
+    async def _cancel_created(self, answer: Any, token: str) -> None:
+        prediction = self.json_of(answer, self.name, "creating a prediction")
+        job = prediction.get("id")
+        if isinstance(job, str) and job and prediction.get("status") not in TERMINAL:
+            await self._cancel(job, token)
 
     async def _cancel(self, job: str, token: str) -> None:
         await self.send("POST", f"{self.base_url}/v1/predictions/{job}/cancel", token=token,
