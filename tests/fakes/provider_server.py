@@ -9,7 +9,7 @@ Speaks (request and response shapes as the real APIs document them):
   auth `Key <token>`.
 - OpenAI: `POST /v1/images/generations` (`response_format` url | b64_json); auth `Bearer`.
 - `GET /files/{w}x{h}/{name}.png[?exp=unix_ms]`: the output images (real PNGs made by Pillow,
-  cached per size); 410 after `exp`.
+  cached per size); 410 after `exp`. `GET /redirect?to=URL`: a 302, for the URL guard.
 
 Knobs, set with `POST /_control` (JSON) or `FakeProviders.control(...)`; with `"token": T` they
 apply to that token only, otherwise to all:
@@ -548,6 +548,11 @@ async def serve_file(request: web.Request) -> web.Response:
     return web.Response(body=png(width, height), content_type="image/png")
 
 
+async def redirect(request: web.Request) -> web.Response:
+    """`GET /redirect?to=URL`: a 302 to anywhere, for the URL guard's tests."""
+    raise web.HTTPFound(request.query.get("to", str(request.rel_url)))  # no `to`: a loop
+
+
 async def control(request: web.Request) -> web.Response:
     body = await _body(request)
     if isinstance(body, web.Response):
@@ -567,6 +572,7 @@ def make_app(state: FakeState | None = None) -> web.Application:
     app.router.add_post("/_control", control)
     app.router.add_get("/_stats", stats)
     app.router.add_get(r"/files/{w:\d+}x{h:\d+}/{name}", serve_file)
+    app.router.add_get("/redirect", redirect)
     app.router.add_post("/v1/models/{owner}/{name}/predictions", replicate_create)
     app.router.add_post("/v1/predictions", replicate_create)
     app.router.add_get("/v1/predictions/{id}", replicate_get)
