@@ -1,0 +1,79 @@
+"""gRPC servicer of MeshAdmin (admin keys only): keys and their leases, workers, providers."""
+
+from __future__ import annotations
+
+import grpc
+
+from imagemesh.auth import ApiKeys
+from imagemesh.v1 import imagemesh_pb2 as pb
+from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
+
+from .api import authenticate, translated
+from .dispatch import Dispatcher
+from .routing import Routing
+
+MAX_LIMIT = 10_000
+
+
+class MeshAdminServicer(pb_grpc.MeshAdminServicer):
+    def __init__(self, dispatcher: Dispatcher, routing: Routing, leases, keys: ApiKeys, *, gateway_id: str) -> None:
+        self.dispatcher = dispatcher
+        self.routing = routing
+        self.leases = leases
+        self.keys = keys
+        self.gateway_id = gateway_id
+
+    async def _key_info(self, key_id: str) -> pb.KeyInfo:
+        provider = key_id.split(":", 1)[0]
+        info = pb.KeyInfo(id=key_id, provider=provider, alias=self.routing.alias(key_id))
+        if not self.routing.is_leased(provider):
+            info.limit = 0  # not limited: the provider's configured limit is 0
+            return info
+        state = await self.leases.state(key_id)
+        info.limit, info.in_use, info.waiting = state.limit, state.in_use, state.waiting
+        info.quarantined = state.quarantined
+        for lease in state.leases:
+            info.leases.add(lease_id=lease.lease_id, holder=lease.holder, ttl_ms=lease.ttl_ms,
+                            fence=lease.fence, zombie=lease.zombie)
+        return info
+
+    async def ListKeys(self, request, context):
+        await authenticate(self.keys, context, "admin")
+        async with translated(context):
+            key_ids = set(await self.leases.known_keys())
+            key_ids |= {q.key_id for q in await self.dispatcher.queues.names() if q.pool == "generate"}
+            return pb.ListKeysResponse(keys=[await self._key_info(k) for k in sorted(key_ids)])
+
+    async def SetKeyLimit(self, request, context):
+        await authenticate(self.keys, context, "admin")
+        key_id = self.routing.resolve_alias(request.key)
+        provider = key_id.split(":", 1)[0]
+        if ":" not in key_id or provider not in self.routing.s.providers:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "key: give a key id (provider:fingerprint, see ListKeys) or an alias")
+        if not self.routing.is_leased(provider):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"key: provider {provider!r} is configured without a limit (IMAGEMESH_KEY_LIMITS)")
+        if not 1 <= request.limit <= MAX_LIMIT:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit: {request.limit}, must be 1..{MAX_LIMIT}")
+        async with translated(context):
+            await self.leases.set_limit(key_id, request.limit)
+            return await self._key_info(key_id)
+
+    async def ListWorkers(self, request, context):
+        await authenticate(self.keys, context, "admin")
+        out = pb.ListWorkersResponse()
+        for pool in self.dispatcher.pools.values():
+            for w in pool.workers.values():
+                out.workers.add(worker_id=w.worker_id, pool=w.pool, capacity=w.capacity,
+                                in_flight=len(w.in_flight), gateway=self.gateway_id, device=w.device,
+                                connected_ms=int(w.connected_at * 1000), draining=w.draining)
+        return out
+
+    async def ListProviders(self, request, context):
+        await authenticate(self.keys, context, "admin")
+        out = pb.ListProvidersResponse()
+        for name, breaker in sorted(self.routing.circuits.items()):
+            ok, failed = breaker.recent_counts()
+            out.providers.add(name=name, circuit=breaker.state, recent_successes=ok, recent_failures=failed)
+        return out

@@ -1,0 +1,519 @@
+"""The dispatcher: moves queued attempts to workers under the keys' leases, and results back.
+
+For each pool, one loop reads new entries from every queue whose key is not waiting for a
+lease, as many as the pool's workers have credits for. For each entry:
+
+    start (task still live?) ─▶ lease for its key ─▶ a worker's credit ─▶ Assignment frame
+                 │ no                 │ none free: a waiter per key takes a FIFO ticket and the
+                 ▼                    ▼ key's queue is not read until the waiter is served
+               ack                 (other keys' queues go on being read: no head-of-line blocking)
+
+Results come back in frames; each frame is recorded with a few pipelined round trips
+(`BatchStore.finish_many`, lease release, ack). A failed attempt is re-queued as attempt + 1
+when that can help (worker lost, lease lost, fallback to the next provider), up to
+`max_attempts`.
+
+What this process holds in memory is only what it is working on right now (attempts in flight
+on its own worker streams, and entries in hand waiting for a lease or a credit): all of it is
+also pending in Redis, so another gateway claims it if this one dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from imagemesh import metrics
+from imagemesh.credentials import Sealer
+from imagemesh.errors import TaskFailure, WorkerLost
+from imagemesh.v1 import imagemesh_pb2 as pb
+from imagemesh.v1 import worker_pb2 as wpb
+
+from .batches import BatchStore, task_id
+from .pools import Pool, Worker
+from .queues import Entry, QueueName, TaskQueues
+from .routing import Routing
+
+log = logging.getLogger("imagemesh.gateway.dispatch")
+
+POOLS = ("generate", "enhance")
+
+
+@dataclass(eq=False)
+class Attempt:
+    """One attempt of one task, from the moment this gateway read its entry."""
+
+    entry: Entry
+    task: pb.Task
+    pool: str
+    provider: str
+    key_id: str
+    read_at: float = field(default_factory=time.monotonic)
+    lease: object | None = None
+    leased_at: float = 0.0
+    worker: Worker | None = None
+    cancel_reason: str | None = None
+
+    @property
+    def attempt_id(self) -> str:
+        return f"{task_id(self.entry.batch_id, self.entry.index)}#{self.entry.attempt}"
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    lease_ttl: float = 10.0
+    max_job_runtime: float = 600.0
+    max_attempts: int = 3
+    read_batch: int = 256
+    heartbeat_interval: float = 2.0
+
+
+class Dispatcher:
+    def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
+                 leases, routing: Routing, sealer: Sealer, settings: DispatchSettings) -> None:
+        self.r = redis
+        self.batches = batches
+        self.queues = queues
+        self.leases = leases
+        self.routing = routing
+        self.sealer = sealer
+        self.s = settings
+        self.pools = {name: Pool(name) for name in POOLS}
+        self.inflight: dict[str, Attempt] = {}
+        self._known_queues: dict[str, set[QueueName]] = {name: set() for name in POOLS}
+        self._blocked: set[QueueName] = set()
+        self._wake = {name: asyncio.Event() for name in POOLS}
+        self._tokens: OrderedDict[str, dict[str, bytes]] = OrderedDict()
+        self._tasks: list[asyncio.Task] = []
+        self._waiters: set[asyncio.Task] = set()
+        self.accepting = True
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.refresh_queues()
+        for name in POOLS:
+            self._tasks.append(asyncio.create_task(self._pool_loop(name), name=f"pool-{name}"))
+        self._tasks.append(asyncio.create_task(self._renew_loop(), name="renew"))
+        self._tasks.append(asyncio.create_task(self._housekeeping_loop(), name="housekeeping"))
+
+    async def stop(self) -> None:
+        for t in [*self._tasks, *self._waiters]:
+            t.cancel()
+        for t in [*self._tasks, *self._waiters]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+
+    def wake(self, pool: str | None = None) -> None:
+        for name in ([pool] if pool in self._wake else POOLS):
+            self._wake[name].set()
+
+    async def refresh_queues(self) -> None:
+        for q in await self.queues.names():
+            if q.pool in self._known_queues and q not in self._known_queues[q.pool]:
+                self._known_queues[q.pool].add(q)
+                self.wake(q.pool)
+
+    def note_queue(self, q: QueueName) -> None:
+        if q not in self._known_queues[q.pool]:
+            self._known_queues[q.pool].add(q)
+        self.wake(q.pool)
+
+    # -- reading and leasing ---------------------------------------------------------------------
+    async def _pool_loop(self, name: str) -> None:
+        pool = self.pools[name]
+        wake = self._wake[name]
+        backoff = 0.05
+        while True:
+            try:
+                if not self.accepting or not await pool.wait_for_credit(timeout=1.0):
+                    continue
+                wake.clear()
+                ready = [q for q in self._known_queues[name] if q not in self._blocked]
+                entries = []
+                if ready:
+                    per_queue = max(1, min(self.s.read_batch, pool.credits) // len(ready))
+                    entries = await self.queues.read(ready, per_queue)
+                if not entries:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wake.wait(), 0.5)
+                    continue
+                await self._admit(entries)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except RedisError as exc:
+                metrics.REDIS_UP.set(0)
+                log.warning("pool %s: Redis error %s; retrying in %.1fs", name, type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                log.exception("pool %s: dispatch loop error", name)
+                await asyncio.sleep(0.5)
+
+    async def _admit(self, entries: list[Entry]) -> None:
+        attempts: list[Attempt] = []
+        dead: list[Entry] = []
+        for e in entries:
+            try:
+                attempts.append(self._attempt(e))
+            except Exception:
+                log.exception("undecodable queue entry %s in %s", e.entry_id, e.queue)
+                dead.append(e)
+        live = await self.batches.start_many([(a.entry.batch_id, a.entry.index, a.entry.attempt) for a in attempts])
+        runnable = [a for a, ok in zip(attempts, live) if ok]
+        dead += [a.entry for a, ok in zip(attempts, live) if not ok]
+        await self.queues.ack(dead)
+        by_key: dict[str, list[Attempt]] = {}
+        for a in runnable:
+            self.inflight[a.attempt_id] = a
+            by_key.setdefault(a.key_id, []).append(a)
+        ready: list[Attempt] = []
+        for key_id, group in by_key.items():
+            if not self.routing.is_leased(group[0].provider):
+                ready += group
+                continue
+            leases = await self.leases.try_acquire(key_id, len(group))
+            for a, lease in zip(group, leases):
+                a.lease, a.leased_at = lease, time.monotonic()
+            ready += group[: len(leases)]
+            if len(leases) < len(group):
+                self._wait_for_leases(key_id, group[len(leases):])
+        await self._assign(ready)
+
+    def _attempt(self, e: Entry) -> Attempt:
+        task = pb.Task.FromString(e.task)
+        pool = "enhance" if task.HasField("enhance") else "generate"
+        provider = self.routing.provider_at(task, e.provider_index) if pool == "generate" else ""
+        queue = QueueName.parse(e.queue)
+        return Attempt(entry=e, task=task, pool=pool, provider=provider, key_id=queue.key_id)
+
+    def _wait_for_leases(self, key_id: str, waiting: list[Attempt]) -> None:
+        queue = QueueName.parse(waiting[0].entry.queue)
+        self._blocked.add(queue)
+
+        async def wait() -> None:
+            try:
+                rest = waiting
+                while rest:
+                    leases = await self.leases.acquire(key_id, len(rest))
+                    now = time.monotonic()
+                    for a, lease in zip(rest, leases):
+                        a.lease, a.leased_at = lease, now
+                    got, rest = rest[: len(leases)], rest[len(leases):]
+                    await self._assign(got)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("waiting for a lease on %s failed; the entries will be claimed again", key_id)
+            finally:
+                self._blocked.discard(queue)
+                self.wake(queue.pool)
+
+        t = asyncio.create_task(wait(), name=f"lease-wait-{key_id}")
+        self._waiters.add(t)
+        t.add_done_callback(self._waiters.discard)
+
+    # -- sending ---------------------------------------------------------------------------------
+    async def _assign(self, attempts: list[Attempt]) -> None:
+        for a in attempts:
+            pool = self.pools[a.pool]
+            worker = pool.take()
+            while worker is None:
+                await pool.wait_for_credit(timeout=1.0)
+                worker = pool.take()
+            if a.attempt_id not in self.inflight:  # cancelled while it waited
+                pool.grant(worker, 1)
+                await self._release([a])
+                await self.queues.ack([a.entry])
+                continue
+            try:
+                assignment = await self._assignment(a)
+            except TaskFailure as exc:
+                pool.grant(worker, 1)
+                await self._finish_failed([a], exc)
+                continue
+            a.worker = worker
+            worker.in_flight.add(a.attempt_id)
+            worker.outbox.put_assignment(assignment)
+            if a.lease is not None:
+                metrics.LEASE_WAIT.labels(self.routing.alias(a.key_id)).observe(a.leased_at - a.read_at)
+        for pool in self.pools.values():
+            pool.export()
+
+    async def _assignment(self, a: Attempt) -> wpb.Assignment:
+        token = await self._token(a.entry.batch_id, a.provider) if a.provider else None
+        budget = self.s.max_job_runtime
+        if a.lease is not None:
+            # Never dispatch work that could outlive the lease's hard limit.
+            budget = min(budget, max(0.0, a.lease.deadline - time.monotonic() + self.s.max_job_runtime - self.s.lease_ttl))
+        msg = wpb.Assignment(
+            attempt_id=a.attempt_id, task_id=task_id(a.entry.batch_id, a.entry.index),
+            attempt=a.entry.attempt, fence=getattr(a.lease, "fence", 0), budget_ms=int(budget * 1000),
+            output_filename=a.task.output_filename, provider=a.provider, token=token or "")
+        if a.pool == "enhance":
+            msg.enhance.CopyFrom(a.task.enhance)
+        else:
+            msg.generate.CopyFrom(a.task.generate)
+        return msg
+
+    async def _token(self, batch_id: str, provider: str) -> str | None:
+        sealed = self._tokens.get(batch_id)
+        if sealed is None:
+            sealed = await self.batches.sealed_tokens(batch_id)
+            self._tokens[batch_id] = sealed
+            while len(self._tokens) > 1024:
+                self._tokens.popitem(last=False)
+        if provider in sealed:
+            try:
+                return self.sealer.unseal(sealed[provider])
+            except ValueError as exc:
+                raise TaskFailure(str(exc)) from None
+        return self.routing.server_token(provider)
+
+    # -- results ---------------------------------------------------------------------------------
+    async def on_results(self, worker: Worker, results: list[wpb.AttemptResult]) -> None:
+        done: list[tuple[Attempt, wpb.AttemptResult]] = []
+        for r in results:
+            a = self.inflight.get(r.attempt_id)
+            worker.in_flight.discard(r.attempt_id)
+            if a is None or a.worker is not worker:
+                continue  # stale: the attempt was re-queued or claimed meanwhile
+            del self.inflight[r.attempt_id]
+            done.append((a, r))
+        if not done:
+            return
+        await self._release([a for a, _ in done])
+        finals: list[tuple[Attempt, pb.TaskResult]] = []
+        retry: list[tuple[Attempt, str, int]] = []
+        for a, r in done:
+            if a.provider:
+                self.routing.record(a.provider, r)
+            if r.state == pb.CANCELLED and a.cancel_reason in ("lease_lost", "drain"):
+                retry.append((a, a.cancel_reason, a.entry.provider_index))
+                continue
+            if r.state == pb.FAILED and r.fallback_ok and a.pool == "generate":
+                nxt = self.routing.next_provider(a.task, a.entry.provider_index)
+                if nxt is not None:
+                    retry.append((a, "fallback", nxt))
+                    continue
+            finals.append((a, self._task_result(a, r)))
+        await self._record(finals)
+        await self._requeue(retry)
+        self.pools[worker.pool].export()
+
+    def _task_result(self, a: Attempt, r: wpb.AttemptResult) -> pb.TaskResult:
+        now_ms = int(time.time() * 1000)
+        queued_ms = max(0, int((a.read_at - time.monotonic()) * 1000) + now_ms - a.entry.enqueued_ms)
+        lease_wait = int((a.leased_at - a.read_at) * 1000) if a.lease is not None else 0
+        result = pb.TaskResult(
+            task_index=a.entry.index, task_id=task_id(a.entry.batch_id, a.entry.index),
+            output_filename=a.task.output_filename, state=r.state, provider=r.provider or a.provider,
+            attempts=a.entry.attempt, labels=dict(a.task.labels), model=r.model, device=r.device,
+            timings=pb.Timings(queued_ms=queued_ms, lease_wait_ms=lease_wait, run_ms=r.run_ms,
+                               total_ms=max(0, now_ms - a.entry.accepted_ms)))
+        result.files.extend(r.files)
+        if r.HasField("error"):
+            result.error.CopyFrom(r.error)
+        return result
+
+    async def _record(self, finals: list[tuple[Attempt, pb.TaskResult]]) -> None:
+        if not finals:
+            return
+        await self.batches.finish_many([(a.entry.batch_id, a.entry.index, str(a.entry.attempt), res)
+                                        for a, res in finals])
+        await self.queues.ack([a.entry for a, _ in finals])
+        for a, res in finals:
+            outcome = pb.TaskState.Name(res.state).lower()
+            metrics.TASKS_FINISHED.labels(a.pool, outcome).inc()
+            metrics.TASK_DURATION.labels(a.pool).observe(res.timings.total_ms / 1000)
+
+    async def _finish_failed(self, attempts: list[Attempt], failure: TaskFailure) -> None:
+        for a in attempts:
+            self.inflight.pop(a.attempt_id, None)
+        await self._release(attempts)
+        finals = []
+        for a in attempts:
+            r = wpb.AttemptResult(state=pb.FAILED, provider=a.provider,
+                                  error=pb.TaskError(code=failure.code, message=failure.message,
+                                                     retryable=failure.retryable))
+            finals.append((a, self._task_result(a, r)))
+        await self._record(finals)
+
+    async def _requeue(self, items: list[tuple[Attempt, str, int]]) -> None:
+        """Put attempts back as attempt + 1 (on provider `provider_index`), or fail them for good
+        once `max_attempts` is reached."""
+        if not items:
+            return
+        over = [(a, reason) for a, reason, _ in items if a.entry.attempt >= self.s.max_attempts]
+        again = [(a, reason, p) for a, reason, p in items if a.entry.attempt < self.s.max_attempts]
+        if over:
+            for a, reason in over:
+                if reason == "worker_lost":
+                    await self._finish_failed([a], WorkerLost(
+                        f"the task's worker was lost {a.entry.attempt} times (limit: max_attempts={self.s.max_attempts})"))
+                else:
+                    await self._finish_failed([a], TaskFailure(
+                        f"gave up after {a.entry.attempt} attempts (last: {reason})", retryable=True))
+        numbers = await self.batches.next_attempts(
+            [(a.entry.batch_id, a.entry.index, a.entry.attempt, False) for a, _, _ in again])
+        pushes = []
+        for (a, reason, p), n in zip(again, numbers):
+            metrics.ATTEMPTS_REQUEUED.labels(a.pool, reason).inc()
+            if n == 0:
+                continue
+            queue = await self.routing.queue_for(a.task, p, a.entry.batch_id, self._token)
+            pushes.append((queue, {"b": a.entry.batch_id, "i": a.entry.index, "a": n, "p": p,
+                                   "t": a.entry.accepted_ms, "s": a.entry.task}))
+            self.note_queue(queue)
+        await self.queues.push(pushes)
+        await self.queues.ack([a.entry for a, _, _ in again])
+
+    async def _release(self, attempts: list[Attempt]) -> None:
+        leases = [a.lease for a in attempts if a.lease is not None]
+        for a in attempts:
+            a.lease = None
+        if leases:
+            await self.leases.release(leases)
+
+    # -- workers coming and going ------------------------------------------------------------------
+    async def on_worker_lost(self, worker: Worker) -> None:
+        """The stream ended without a drain: its attempts run nowhere we can see. Their leases
+        are left to expire into zombies (the provider jobs may still run) and the tasks go back
+        to their queues as attempt + 1."""
+        lost = [self.inflight.pop(aid) for aid in list(worker.in_flight) if aid in self.inflight]
+        worker.in_flight.clear()
+        for a in lost:
+            a.lease = None  # not released: counted until the job is known over (see leases)
+        if lost:
+            log.warning("worker %s lost with %d attempts in flight; re-queueing them", worker.worker_id, len(lost))
+        await self._requeue([(a, "worker_lost", a.entry.provider_index) for a in lost])
+
+    async def on_returned(self, worker: Worker, attempt_ids: list[str]) -> None:
+        """A draining worker gave these back unstarted or cancelled: run them elsewhere."""
+        back = []
+        for aid in attempt_ids:
+            a = self.inflight.get(aid)
+            worker.in_flight.discard(aid)
+            if a is not None and a.worker is worker:
+                del self.inflight[aid]
+                back.append(a)
+        await self._release(back)
+        await self._requeue([(a, "drain", a.entry.provider_index) for a in back])
+
+    def cancel_batch(self, batch_id: str) -> None:
+        """Cancel this gateway's running attempts of a cancelled batch (their results, when they
+        come, are stale: the batch store already holds CANCELLED)."""
+        for a in list(self.inflight.values()):
+            if a.entry.batch_id == batch_id:
+                self._cancel(a, "batch_cancelled")
+
+    def _cancel(self, a: Attempt, reason: str) -> None:
+        a.cancel_reason = reason
+        if a.worker is not None:
+            a.worker.outbox.put_cancel(a.attempt_id)
+        else:
+            self.inflight.pop(a.attempt_id, None)
+
+    # -- periodic work ----------------------------------------------------------------------------
+    async def _renew_loop(self) -> None:
+        """Renew the leases of attempts in flight on live worker streams, once per tick and in
+        one round trip; touch their queue entries so no other gateway claims them."""
+        tick = max(0.05, self.s.lease_ttl / 3)
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                held = [a for a in self.inflight.values()]
+                leased = {id(a.lease): a for a in held if a.lease is not None}
+                if leased:
+                    _renewed, lost = await self.leases.renew([a.lease for a in leased.values()])
+                    for lease in lost:
+                        a = leased.get(id(lease))
+                        if a is not None and a.attempt_id in self.inflight:
+                            metrics.LEASES_LOST.inc()
+                            a.lease = None
+                            self._cancel(a, "lease_lost")
+                await self.queues.touch([a.entry for a in held])
+                metrics.REDIS_UP.set(1)
+            except asyncio.CancelledError:
+                raise
+            except RedisError as exc:
+                metrics.REDIS_UP.set(0)
+                log.warning("renewal failed: %s", type(exc).__name__)
+                self._watchdog()
+            except Exception:
+                log.exception("renewal loop error")
+
+    def _watchdog(self) -> None:
+        """Renewals fail: cancel work whose lease's local deadline has passed, whatever Redis
+        says later (the lease may be granted to someone else by then)."""
+        now = time.monotonic()
+        for a in list(self.inflight.values()):
+            if a.lease is not None and a.lease.deadline <= now:
+                metrics.LEASES_LOST.inc()
+                a.lease = None
+                self._cancel(a, "lease_lost")
+
+    async def _housekeeping_loop(self) -> None:
+        """Discover queues other gateways created, claim entries of dead gateways, export gauges."""
+        claim_idle_ms = int(max(self.s.lease_ttl * 3, 3.0) * 1000)
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.refresh_queues()
+                for name in POOLS:
+                    for q in list(self._known_queues[name]):
+                        claimed = await self.queues.claim(q, claim_idle_ms)
+                        claimed = [e for e in claimed if f"{task_id(e.batch_id, e.index)}#{e.attempt}" not in self.inflight]
+                        if claimed:
+                            log.warning("claimed %d entries of a dead gateway from %s", len(claimed), q.key_id)
+                            await self._requeue([(self._attempt(e), "gateway_lost", e.provider_index) for e in claimed])
+                await self._export_backlog()
+            except asyncio.CancelledError:
+                raise
+            except RedisError as exc:
+                metrics.REDIS_UP.set(0)
+                log.warning("housekeeping: Redis error %s", type(exc).__name__)
+            except Exception:
+                log.exception("housekeeping error")
+
+    async def _export_backlog(self) -> None:
+        for name in POOLS:
+            queues = sorted(self._known_queues[name], key=lambda q: q.key_id)
+            depths = await self.queues.depth(queues)
+            total = sum(d for d, _ in depths.values())
+            oldest = max((age for _, age in depths.values()), default=0.0)
+            schedulable = 0
+            for q, (depth, _) in depths.items():
+                if depth == 0:
+                    continue
+                free = await self.routing.free_slots(q.key_id, self.leases)
+                schedulable += depth if free is None else min(depth, free)
+            metrics.QUEUE_DEPTH.labels(name).set(total)
+            metrics.QUEUE_OLDEST_AGE.labels(name).set(oldest)
+            metrics.SCHEDULABLE_BACKLOG.labels(name).set(schedulable)
+
+    # -- drain -----------------------------------------------------------------------------------
+    async def drain(self, grace: float) -> None:
+        """Stop reading, let in-flight attempts finish within `grace`, hand back the rest."""
+        self.accepting = False
+        for w in [w for p in self.pools.values() for w in p.workers.values()]:
+            w.outbox.put_goaway()
+        deadline = time.monotonic() + grace
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = list(self.inflight.values())
+        for a in left:
+            self.inflight.pop(a.attempt_id, None)
+            if a.worker is not None:
+                a.worker.outbox.put_cancel(a.attempt_id)
+                a.worker.in_flight.discard(a.attempt_id)
+        await self._release(left)
+        await self._requeue([(a, "drain", a.entry.provider_index) for a in left])

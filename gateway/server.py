@@ -1,0 +1,186 @@
+"""The gateway process: one gRPC server (public API, admin, worker streams, health, reflection),
+the dispatcher, and the Redis pub/sub that ties the replicas together.
+
+Lifecycle: `start()` → SERVING; `drain()` (SIGTERM) → NOT_SERVING, stop taking work, let
+in-flight attempts finish within the grace, re-queue the rest, stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from pathlib import Path
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from imagemesh.auth import ApiKeys
+from imagemesh.config import parse_mapping
+from imagemesh.credentials import Sealer
+from imagemesh.leases import LeaseBook
+from imagemesh.v1 import imagemesh_pb2 as pb
+from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
+from imagemesh.v1 import worker_pb2 as wpb
+from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
+
+from .admin import MeshAdminServicer
+from .api import ImageMeshServicer
+from .batches import BatchStore
+from .dispatch import Dispatcher, DispatchSettings
+from .queues import TaskQueues
+from .routing import Routing, RoutingSettings
+from .service import BatchService
+from .settings import GatewaySettings
+from .validation import Limits
+from .worker_link import WorkerLinkServicer
+
+log = logging.getLogger("imagemesh.gateway")
+
+SERVICES = ("imagemesh.v1.ImageMesh", "imagemesh.v1.MeshAdmin", "imagemesh.v1.WorkerLink")
+
+
+def load_keys(s: GatewaySettings) -> ApiKeys:
+    text = s.api_keys
+    if s.api_keys_file:
+        text += "\n" + Path(s.api_keys_file).read_text()
+    return ApiKeys.parse(text)
+
+
+def routing_settings(s: GatewaySettings) -> RoutingSettings:
+    tokens = {p: t for p, t in (("replicate", s.replicate_token), ("fal", s.fal_token),
+                                ("openai", s.openai_token)) if t}
+    providers = tuple(p.strip() for p in s.providers.split(",") if p.strip())
+    defaults = tuple(p.strip() for p in s.default_providers.split(",") if p.strip())
+    unknown = [p for p in defaults if p not in providers]
+    if unknown:
+        raise ValueError(f"IMAGEMESH_DEFAULT_PROVIDERS names {unknown}, not in IMAGEMESH_PROVIDERS")
+    return RoutingSettings(providers=providers, default_providers=defaults,
+                           limits=parse_mapping(s.key_limits, value_type=int), server_tokens=tokens,
+                           allow_server_tokens=s.allow_server_tokens,
+                           aliases=parse_mapping(s.key_aliases))
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.s = settings
+        self.id = f"gw-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.keys = load_keys(settings)
+        self.sealer = Sealer(settings.secret_key or None)
+        if self.sealer.ephemeral:
+            log.warning("IMAGEMESH_SECRET_KEY is not set: callers' tokens are sealed with a random key; "
+                        "run one gateway only, or set the same key on all")
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0,
+                                             socket_connect_timeout=2.0, health_check_interval=10)
+        # Pub/sub waits indefinitely for messages: a connection without the read timeout.
+        self.pubsub_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0)
+        p = settings.redis_prefix
+        self.routing = Routing(routing_settings(settings), self.sealer)
+        self.leases = LeaseBook(self.redis, holder=self.id, prefix=p, ttl=settings.lease_ttl,
+                                max_job_runtime=settings.max_job_runtime,
+                                default_limit=self.routing.default_limit)
+        self.batches = BatchStore(self.redis, prefix=p, retention=settings.retention)
+        self.queues = TaskQueues(self.redis, consumer=self.id, prefix=p)
+        self.dispatcher = Dispatcher(
+            redis=self.redis, batches=self.batches, queues=self.queues, leases=self.leases,
+            routing=self.routing, sealer=self.sealer,
+            settings=DispatchSettings(lease_ttl=settings.lease_ttl, max_job_runtime=settings.max_job_runtime,
+                                      max_attempts=settings.max_attempts,
+                                      heartbeat_interval=settings.heartbeat_interval))
+        self.cancel_channel = f"{p}:cancel"
+        self.service = BatchService(
+            redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
+            sealer=self.sealer, dispatcher=self.dispatcher,
+            limits=Limits(max_batch_tasks=settings.max_batch_tasks), cancel_channel=self.cancel_channel)
+        self.health = health_aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._listener: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        mb = self.s.max_message_bytes
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", mb),
+            ("grpc.max_send_message_length", mb),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Rebalance clients and workers across replicas now and then; the grace lets the
+            # longest job on an old connection finish.
+            ("grpc.max_connection_age_ms", 30 * 60 * 1000),
+            ("grpc.max_connection_age_grace_ms", int(self.s.max_job_runtime * 1000) + 60_000),
+        ])
+        pb_grpc.add_ImageMeshServicer_to_server(ImageMeshServicer(self.service, self.keys), self.server)
+        pb_grpc.add_MeshAdminServicer_to_server(
+            MeshAdminServicer(self.dispatcher, self.routing, self.leases, self.keys, gateway_id=self.id), self.server)
+        wpb_grpc.add_WorkerLinkServicer_to_server(
+            WorkerLinkServicer(self.dispatcher, self.keys, gateway_id=self.id,
+                               heartbeat_interval=self.s.heartbeat_interval), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["ImageMesh"].full_name,
+             pb.DESCRIPTOR.services_by_name["MeshAdmin"].full_name,
+             wpb.DESCRIPTOR.services_by_name["WorkerLink"].full_name,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(self.s.listen)
+        if self.port == 0:
+            raise RuntimeError(f"could not listen on {self.s.listen}")
+        await self.leases.start()
+        await self.dispatcher.start()
+        self._listener = asyncio.create_task(self._listen())
+        await self.server.start()
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def _listen(self) -> None:
+        """Pub/sub from the other replicas: new work in a pool, batches cancelled."""
+        work = self.queues.work_channel
+        while True:
+            pubsub = self.pubsub_redis.pubsub()
+            try:
+                await pubsub.subscribe(work, self.cancel_channel)
+                async for msg in pubsub.listen():
+                    if msg["type"] != "message":
+                        continue
+                    channel, data = msg["channel"].decode(), msg["data"].decode()
+                    if channel == work:
+                        self.dispatcher.wake(data)
+                    else:
+                        self.dispatcher.cancel_batch(data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("pub/sub connection lost (%s); reconnecting", type(exc).__name__)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def drain(self) -> None:
+        """SIGTERM: NOT_SERVING first, then finish or hand back the work, then stop."""
+        log.info("draining (grace %.0fs)", self.s.drain_seconds)
+        await self.health.enter_graceful_shutdown()
+        await self.dispatcher.drain(self.s.drain_seconds)
+        await self.stop(grace=1.0)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.dispatcher.stop()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listener
+        with contextlib.suppress(Exception):
+            await self.leases.aclose()
+        await self.redis.aclose()
+        await self.pubsub_redis.aclose()

@@ -1,0 +1,227 @@
+"""Batches as callers see them: submit, stream tasks in, watch, look up, cancel.
+
+The gRPC servicer translates to and from these calls; this module holds the rules. A task is
+*accepted* once its record is written and its first attempt is in its key's queue (both in
+Redis); the `accepted` event is the first entry of the batch's event log, and the batch's
+caller learns about it only by reading that log, so nothing a caller saw accepted is only in
+memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+
+from imagemesh import filenames, metrics
+from imagemesh.auth import Caller
+from imagemesh.credentials import Sealer
+from imagemesh.errors import TaskFailure
+from imagemesh.v1 import imagemesh_pb2 as pb
+
+from .batches import BatchStore, NewTask, task_id
+from .dispatch import Dispatcher
+from .queues import QueueName, TaskQueues
+from .routing import Routing
+from .validation import BadRequest, Limits, check_batch, check_credentials, check_task
+
+log = logging.getLogger("imagemesh.gateway.service")
+
+
+class NotFound(Exception):
+    pass
+
+
+class Forbidden(Exception):
+    pass
+
+
+class Overloaded(Exception):
+    """Too much queued for this tenant: RESOURCE_EXHAUSTED with a retry hint."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def new_batch_id() -> str:
+    return "b" + secrets.token_hex(8)
+
+
+class Prepared:
+    """A task checked and routed, or failed with the reason."""
+
+    __slots__ = ("index", "task", "queue", "provider_index", "failure", "pool")
+
+    def __init__(self, index: int, task: pb.Task) -> None:
+        self.index = index
+        self.task = task
+        self.queue: QueueName | None = None
+        self.provider_index = 0
+        self.failure: TaskFailure | None = None
+        self.pool = "enhance" if task.HasField("enhance") else "generate"
+
+
+class BatchService:
+    def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
+                 routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits,
+                 cancel_channel: str) -> None:
+        self.r = redis
+        self.batches = batches
+        self.queues = queues
+        self.routing = routing
+        self.sealer = sealer
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.cancel_channel = cancel_channel
+
+    # -- preparing tasks -----------------------------------------------------------------------
+    def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str]) -> Prepared:
+        p = Prepared(index, pb.Task())
+        p.task.CopyFrom(task)
+        p.task.output_filename = filenames.sanitize(task.output_filename, default=f"task_{index}")
+        try:
+            check_task(task, f"tasks[{index}]", self.limits)
+            if p.pool == "generate":
+                self.routing.validate_providers(task, is_admin=caller.is_admin, request_tokens=tokens)
+                usable = self.routing.usable_providers(task, is_admin=caller.is_admin, request_tokens=tokens)
+                del p.task.generate.providers[:]
+                p.task.generate.providers.extend(usable)
+                p.provider_index = self.routing.first_provider(p.task)
+                provider = usable[p.provider_index]
+                token = tokens.get(provider) or self.routing.server_token(provider)
+                p.queue = self.routing.queue_at_submit(p.task, p.provider_index, token)
+            else:
+                p.queue = self.routing.queue_at_submit(p.task, 0, None)
+        except TaskFailure as failure:
+            p.failure = failure
+        return p
+
+    def _sealed(self, tokens: dict[str, str]) -> dict[str, bytes]:
+        return {provider: self.sealer.seal(token) for provider, token in tokens.items()}
+
+    def _entry(self, batch_id: str, p: Prepared, accepted_ms: int) -> tuple[QueueName, dict]:
+        assert p.queue is not None
+        return p.queue, {"b": batch_id, "i": p.index, "a": 1, "p": p.provider_index,
+                         "t": accepted_ms, "s": p.task.SerializeToString()}
+
+    def _failed_result(self, batch_id: str, p: Prepared) -> tuple[str, int, str, pb.TaskResult]:
+        assert p.failure is not None
+        result = pb.TaskResult(
+            task_index=p.index, task_id=task_id(batch_id, p.index), output_filename=p.task.output_filename,
+            state=pb.FAILED, labels=dict(p.task.labels), attempts=0,
+            error=pb.TaskError(code=p.failure.code, message=p.failure.message, retryable=False))
+        return batch_id, p.index, "*", result
+
+    # -- submitting ----------------------------------------------------------------------------
+    async def submit(self, caller: Caller, req: pb.SubmitBatchRequest) -> str:
+        """Accept a batch; returns its id. Raises BadRequest, Forbidden."""
+        check_batch(len(req.tasks), req.batch_id, self.limits)
+        tokens = dict(req.credentials)
+        check_credentials(tokens, self.routing.s.providers)
+        batch_id = req.batch_id or new_batch_id()
+        prepared = [self._prepare(caller, i, t, tokens) for i, t in enumerate(req.tasks)]
+        if all(p.failure is not None for p in prepared):
+            # Nothing in the batch can run: say why as a status, not as N failed results.
+            first = prepared[0].failure
+            raise BadRequest(first.message if first else "no valid task")
+        accepted = pb.Accepted(batch_id=batch_id, task_ids=[task_id(batch_id, i) for i in range(len(prepared))])
+        created = await self.batches.create(batch_id, caller.tenant, len(prepared), closed=False, accepted=accepted)
+        if created < 0:
+            raise Forbidden(f"batch_id {batch_id!r} belongs to another caller")
+        if created == 0:
+            meta = await self.batches.meta(batch_id)
+            if meta is not None and meta.enqueued:
+                return batch_id  # the same batch again: nothing re-runs
+        await self._accept(batch_id, prepared, tokens)
+        await self.batches.mark_enqueued(batch_id)
+        await self.batches.close(batch_id)
+        return batch_id
+
+    async def _accept(self, batch_id: str, prepared: list[Prepared], tokens: dict[str, str]) -> None:
+        meta = await self.batches.meta(batch_id)
+        accepted_ms = meta.created_ms if meta else 0
+        await self.batches.write_tasks(
+            batch_id, [NewTask(p.index, p.pool, p.task.output_filename) for p in prepared],
+            sealed_tokens=self._sealed(tokens))
+        good = [p for p in prepared if p.failure is None]
+        await self.queues.push([self._entry(batch_id, p, accepted_ms) for p in good])
+        await self.batches.finish_many([self._failed_result(batch_id, p) for p in prepared if p.failure])
+        for p in good:
+            metrics.TASKS_ACCEPTED.labels(p.pool).inc()
+            self.dispatcher.note_queue(p.queue)  # type: ignore[arg-type]
+
+    # -- stream sessions -----------------------------------------------------------------------
+    async def open_session(self, caller: Caller, req: pb.StreamOpen) -> str:
+        if req.batch_id:
+            check_batch(1, req.batch_id, self.limits)
+        check_credentials(dict(req.credentials), self.routing.s.providers)
+        batch_id = req.batch_id or new_batch_id()
+        created = await self.batches.create(batch_id, caller.tenant, 0, closed=False,
+                                            accepted=pb.Accepted(batch_id=batch_id))
+        if created < 0:
+            raise Forbidden(f"batch_id {batch_id!r} belongs to another caller")
+        if created == 0:
+            raise BadRequest(f"batch_id {batch_id!r}: a batch with this id exists; watch it with WatchBatch")
+        return batch_id
+
+    async def add_to_session(self, caller: Caller, batch_id: str, index: int, task: pb.Task,
+                             tokens: dict[str, str]) -> None:
+        if index >= self.limits.max_batch_tasks:
+            raise BadRequest(f"tasks: more than {self.limits.max_batch_tasks} tasks in one session")
+        p = self._prepare(caller, index, task, tokens)
+        meta = await self.batches.meta(batch_id)
+        accepted_ms = meta.created_ms if meta else 0
+        ok = await self.batches.add_task(batch_id, NewTask(index, p.pool, p.task.output_filename),
+                                         sealed_tokens=self._sealed(tokens) if index == 0 else None)
+        if not ok:
+            raise BadRequest("the session is closed")
+        if p.failure is not None:
+            await self.batches.finish_many([self._failed_result(batch_id, p)])
+            return
+        await self.queues.push([self._entry(batch_id, p, accepted_ms)])
+        metrics.TASKS_ACCEPTED.labels(p.pool).inc()
+        self.dispatcher.note_queue(p.queue)  # type: ignore[arg-type]
+
+    async def close_session(self, batch_id: str) -> None:
+        await self.batches.mark_enqueued(batch_id)
+        await self.batches.close(batch_id)
+
+    # -- reading -------------------------------------------------------------------------------
+    async def _owned(self, caller: Caller, batch_id: str):
+        meta = await self.batches.meta(batch_id)
+        if meta is None or (meta.tenant != caller.tenant and not caller.is_admin):
+            # Another tenant's batch is reported as missing: ids are not an oracle.
+            raise NotFound(f"batch {batch_id!r} not found (unknown, expired, or not yours)")
+        return meta
+
+    async def watch(self, caller: Caller, batch_id: str, after: str = "") -> AsyncIterator[pb.BatchEvent]:
+        await self._owned(caller, batch_id)
+        async for event in self.batches.events(batch_id, after):
+            yield event
+
+    def events(self, batch_id: str, after: str = "") -> AsyncIterator[pb.BatchEvent]:
+        return self.batches.events(batch_id, after)
+
+    async def status(self, caller: Caller, batch_id: str) -> pb.BatchStatus:
+        await self._owned(caller, batch_id)
+        status = await self.batches.status(batch_id)
+        if status is None:
+            raise NotFound(f"batch {batch_id!r} not found")
+        return status
+
+    async def cancel(self, caller: Caller, batch_id: str) -> pb.BatchStatus:
+        """Queued tasks become CANCELLED at once; running ones are cancelled at their workers
+        (every gateway hears it) and their late results are discarded."""
+        await self._owned(caller, batch_id)
+        await self.batches.close(batch_id)
+        unfinished = await self.batches.unfinished(batch_id)
+        results = [(batch_id, i, "*", pb.TaskResult(
+            task_index=i, task_id=task_id(batch_id, i), state=pb.CANCELLED,
+            error=pb.TaskError(code="CANCELLED", message="the batch was cancelled"))) for i in unfinished]
+        await self.batches.finish_many(results)
+        await self.r.publish(self.cancel_channel, batch_id)
+        return await self.status(caller, batch_id)

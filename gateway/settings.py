@@ -1,0 +1,36 @@
+"""The gateway's settings (each one a flag and an IMAGEMESH_* variable: see `--help`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imagemesh.config import CommonSettings, setting
+
+
+@dataclass
+class GatewaySettings(CommonSettings):
+    """ImageMesh gateway: accepts batches, dispatches them to workers, streams results back."""
+
+    listen: str = setting("127.0.0.1:50051", "gRPC address to listen on (port 0: a free port, printed at start)")
+    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis holding tasks, queues, events and leases")
+    redis_prefix: str = setting("im", "Prefix of every Redis key")
+    api_keys: str = setting("", "Client keys, hashed: comma-separated role:sha256hex or name:role:sha256hex")
+    api_keys_file: str = setting("", "File with one hashed key entry per line (added to --api-keys)")
+    secret_key: str = setting("", "Fernet key sealing callers' tokens; the same on every gateway (random if empty: one gateway only)")
+    providers: str = setting("local,replicate,fal,openai", "Providers the mesh offers")
+    default_providers: str = setting("local", "Provider order for tasks that name none")
+    key_limits: str = setting("local=0,replicate=8,fal=4,openai=4", "Default concurrency limit per provider key (0: not limited)")
+    key_aliases: str = setting("", "Names for key ids in metrics and admin output: provider:fingerprint=alias,...")
+    allow_server_tokens: bool = setting(False, "Let client (non-admin) keys use the server's provider tokens")
+    replicate_token: str = setting("", "Server token for Replicate")
+    fal_token: str = setting("", "Server token for fal")
+    openai_token: str = setting("", "Server token for the OpenAI-style API")
+    lease_ttl: float = setting(10.0, "Seconds a lease lives without renewal")
+    max_job_runtime: float = setting(600.0, "Longest a provider job may run; a lost holder's lease counts this long")
+    max_attempts: int = setting(3, "Attempts per task (worker lost, lease lost, fallback) before it fails")
+    max_batch_tasks: int = setting(1000, "Tasks per batch")
+    max_queued_per_tenant: int = setting(100_000, "Unfinished tasks one tenant may have queued")
+    retention: float = setting(86400.0, "Seconds results and batch events are kept")
+    drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM")
+    heartbeat_interval: float = setting(2.0, "Seconds between worker heartbeats")
+    max_message_bytes: int = setting(64 * 1024 * 1024, "Largest gRPC message accepted")

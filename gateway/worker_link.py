@@ -1,0 +1,96 @@
+"""The gRPC side of worker streams: translates WorkerMessage/GatewayMessage frames to the
+dispatcher's calls. One `Connect` call per worker, held open for the worker's life.
+
+A worker that sends nothing (no heartbeat, no result) for `3 × heartbeat_interval` is
+considered dead: its stream is ended and its attempts are re-queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import grpc
+
+from imagemesh.auth import ApiKeys
+from imagemesh.v1 import worker_pb2 as wpb
+from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
+
+from .api import authenticate
+from .dispatch import POOLS, Dispatcher
+from .pools import Worker
+
+log = logging.getLogger("imagemesh.gateway.workers")
+
+
+class WorkerLinkServicer(wpb_grpc.WorkerLinkServicer):
+    def __init__(self, dispatcher: Dispatcher, keys: ApiKeys, *, gateway_id: str,
+                 heartbeat_interval: float) -> None:
+        self.dispatcher = dispatcher
+        self.keys = keys
+        self.gateway_id = gateway_id
+        self.heartbeat = heartbeat_interval
+
+    async def Connect(self, request_iterator, context):
+        await authenticate(self.keys, context, "worker")
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry `hello`")
+        hello = first.hello
+        if hello.pool not in POOLS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello.pool: {hello.pool!r}, must be one of {', '.join(POOLS)}")
+        if not 1 <= hello.capacity <= 1024:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello.capacity: {hello.capacity}, must be 1..1024")
+        if not self.dispatcher.accepting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this gateway is draining; connect to another")
+        pool = self.dispatcher.pools[hello.pool]
+        worker = Worker(worker_id=hello.worker_id or context.peer(), pool=hello.pool,
+                        capacity=hello.capacity, device=hello.device)
+        old = pool.workers.get(worker.worker_id)
+        if old is not None:
+            worker.worker_id = f"{worker.worker_id}@{context.peer()}"
+        pool.add(worker)
+        log.info("worker %s joined pool %s (capacity %d, %s)", worker.worker_id, worker.pool, worker.capacity, worker.device or "?")
+        reader = asyncio.create_task(self._read(worker, first, request_iterator))
+        clean = False
+        try:
+            yield wpb.GatewayMessage(welcome=wpb.Welcome(
+                gateway_id=self.gateway_id, heartbeat_interval_ms=int(self.heartbeat * 1000)))
+            while not reader.done():
+                frame = await worker.outbox.take(timeout=self.heartbeat)
+                if frame is not None:
+                    yield frame
+                if time.monotonic() - worker.last_seen > 3 * self.heartbeat:
+                    log.warning("worker %s missed its heartbeats; dropping it", worker.worker_id)
+                    break
+            clean = reader.done() and not reader.cancelled() and reader.exception() is None and worker.draining
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            pool.remove(worker)
+            if worker.in_flight:
+                # Drained workers hand back what they had; anything left is lost with the worker.
+                await self.dispatcher.on_worker_lost(worker)
+            log.info("worker %s left pool %s (%s)", worker.worker_id, worker.pool, "drained" if clean else "lost")
+
+    async def _read(self, worker: Worker, first: wpb.WorkerMessage, requests) -> None:
+        await self._handle(worker, first)
+        async for msg in requests:
+            await self._handle(worker, msg)
+
+    async def _handle(self, worker: Worker, msg: wpb.WorkerMessage) -> None:
+        worker.last_seen = time.monotonic()
+        pool = self.dispatcher.pools[worker.pool]
+        if msg.results:
+            await self.dispatcher.on_results(worker, list(msg.results))
+        if msg.returned:
+            await self.dispatcher.on_returned(worker, list(msg.returned))
+        if msg.draining and not worker.draining:
+            worker.draining = True
+            worker.credits = 0
+            pool.export()
+        if msg.credits and not worker.draining:
+            pool.grant(worker, msg.credits)

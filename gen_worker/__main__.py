@@ -1,0 +1,60 @@
+"""`python -m gen_worker` / `imagemesh-gen-worker`: one generation worker until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+
+import httpx
+
+from imagemesh.config import load
+from imagemesh.process import announce, configure_logging, serve_metrics, stop_signal
+from imagemesh.worker import HealthServer, WorkerRuntime
+
+from .executor import GenerateExecutor
+from .providers import build_providers
+from .providers.local import LocalProvider
+from .retry import RetryPolicy
+from .settings import WorkerSettings
+
+
+async def amain(s: WorkerSettings) -> int:
+    http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0), timeout=30.0)
+    providers = build_providers({"replicate": s.replicate_base_url, "fal": s.fal_base_url,
+                                 "openai": s.openai_base_url}, client=http)
+    providers["local"] = LocalProvider(latency=s.local_latency_ms / 1000)
+    executor = GenerateExecutor(providers, policy=RetryPolicy(max_tries=s.max_tries), http=http,
+                                inline_max_bytes=s.inline_max_bytes, allow_private_urls=s.allow_private_urls)
+    runtime = WorkerRuntime(gateway=s.gateway, pool="generate", capacity=s.capacity, executor=executor,
+                            worker_id=s.worker_id or f"gen-{socket.gethostname()}-{os.getpid()}",
+                            api_key=s.api_key, device="remote", providers=tuple(providers),
+                            heartbeat=s.heartbeat_interval)
+    health = HealthServer(s.health_port) if s.health_port >= 0 else None
+    if health:
+        await health.start()
+        announce("HEALTH_PORT", health.port)
+        await health.set(True)
+    stop = asyncio.Event()
+    run = asyncio.create_task(runtime.run(stop, s.drain_seconds))
+    await stop_signal()
+    if health:
+        await health.set(False)
+    stop.set()
+    await run
+    if health:
+        await health.stop()
+    await http.aclose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load(WorkerSettings, argv, prog="imagemesh-gen-worker")
+    configure_logging(settings.log_level)
+    serve_metrics(settings.metrics_port)
+    sys.exit(asyncio.run(amain(settings)))
+
+
+if __name__ == "__main__":
+    main()

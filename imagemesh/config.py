@@ -1,0 +1,82 @@
+"""Settings: every setting is a command-line flag and an `IMAGEMESH_*` environment variable.
+
+A settings class is a dataclass whose fields carry their help text; `load(cls, argv)` builds the
+argument parser from it, so `--help` lists each flag with its environment variable and default.
+Precedence: flag > environment > default. A value that does not parse is an error at start,
+naming the setting, never a silent default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+ENV_PREFIX = "IMAGEMESH_"
+
+
+def setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _converter(kind: Any):
+    return {bool: _parse_bool, int: int, float: float}.get(kind, str)
+
+
+def load(cls: type[T], argv: list[str] | None = None, *, prog: str | None = None) -> T:
+    """Parse `argv` (default: sys.argv[1:]) and the environment into an instance of `cls`."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=(cls.__doc__ or "").strip().splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    hints = {f.name: (type(f.default) if f.default is not None else str) for f in fields}
+    for f in fields:
+        env = _env_name(f.name)
+        convert = _converter(hints[f.name])
+        default = f.default
+        if env in os.environ:
+            try:
+                default = convert(os.environ[env])
+            except ValueError as exc:
+                parser.error(f"{env}: {exc}")
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=f.name, type=convert, default=default,
+                            help=f"{f.metadata.get('help', '')} [env {env}]")
+    args = parser.parse_args(argv)
+    return cls(**vars(args))
+
+
+def parse_mapping(text: str, *, value_type: type = str) -> dict[str, Any]:
+    """`"replicate=8,fal=4"` → {"replicate": 8, "fal": 4}. Raises ValueError naming the bad item."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected name=value, got {item!r}")
+        out[name.strip()] = value_type(value.strip())
+    return out
+
+
+@dataclass
+class CommonSettings:
+    """Settings every process has."""
+
+    metrics_port: int = setting(9090, "Port of the Prometheus /metrics endpoint (0: a free port; -1: off)")
+    log_level: str = setting("INFO", "Log level")

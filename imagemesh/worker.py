@@ -1,0 +1,256 @@
+"""The worker side of the worker protocol, shared by the generation and enhance workers.
+
+A `WorkerRuntime` dials the gateway, says hello (pool, capacity), grants one credit per free
+slot, runs each `Assignment` with its `Executor` (at most `capacity` at once), and streams the
+results back, several per frame when several are ready. It heartbeats while idle and reconnects
+with backoff when the stream breaks.
+
+What happens to running work when the stream breaks: it is cancelled. Nobody renews its lease
+any more and its result could not be delivered; the gateway (this one after a restart, or
+another) re-runs the task as a new attempt. An attempt's `budget_ms` is enforced here too: a
+watchdog cancels the executor at that point whatever the gateway does.
+
+On drain (SIGTERM): health NOT_SERVING, `draining` sent (no more assignments), running work
+gets `grace` seconds to finish, what is left is cancelled and handed back (`returned`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from imagemesh.errors import Internal, TaskFailure
+from imagemesh import metrics
+from imagemesh.v1 import imagemesh_pb2 as pb
+from imagemesh.v1 import worker_pb2 as wpb
+from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
+
+log = logging.getLogger("imagemesh.worker")
+
+
+class Executor(Protocol):
+    async def run(self, assignment: wpb.Assignment) -> wpb.AttemptResult:
+        """Run one attempt. Raise TaskFailure (or return a FAILED result) on failure; must be
+        cancellable (asyncio.CancelledError) at any await."""
+        ...
+
+
+def failed(assignment: wpb.Assignment, failure: TaskFailure, **extra) -> wpb.AttemptResult:
+    return wpb.AttemptResult(
+        attempt_id=assignment.attempt_id, task_id=assignment.task_id, attempt=assignment.attempt,
+        fence=assignment.fence, state=pb.FAILED, provider=assignment.provider,
+        error=pb.TaskError(code=failure.code, message=failure.message, retryable=failure.retryable),
+        fallback_ok=failure.fallback_ok, **extra)
+
+
+class HealthServer:
+    """The standard gRPC health service on its own port (Kubernetes' native gRPC probes)."""
+
+    def __init__(self, port: int) -> None:
+        self.servicer = health_aio.HealthServicer()
+        self.server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
+        self.port = self.server.add_insecure_port(f"0.0.0.0:{port}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.set(False)
+
+    async def set(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.servicer.set("", status)
+
+    async def stop(self) -> None:
+        await self.server.stop(0)
+
+
+class WorkerRuntime:
+    def __init__(self, *, gateway: str, pool: str, capacity: int, executor: Executor,
+                 worker_id: str, api_key: str, device: str = "", providers: tuple[str, ...] = (),
+                 heartbeat: float = 2.0, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        self.gateway = gateway
+        self.pool = pool
+        self.capacity = capacity
+        self.executor = executor
+        self.worker_id = worker_id
+        self.api_key = api_key
+        self.device = device
+        self.providers = providers
+        self.heartbeat = heartbeat
+        self.max_message_bytes = max_message_bytes
+        self.running: dict[str, asyncio.Task] = {}
+        self.connected = asyncio.Event()
+        self.draining = False
+        self._results: list[wpb.AttemptResult] = []
+        self._returned: list[str] = []
+        self._outbox = asyncio.Event()
+        metrics.WORKER_CAPACITY.labels(pool).set(capacity)
+
+    # -- one connection -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, grace: float) -> None:
+        """Serve until `stop` is set, then drain within `grace` seconds."""
+        backoff = 0.1
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self._session(stop, grace)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning("gateway stream ended: %s %s", exc.code().name, exc.details())
+            except Exception:
+                log.exception("worker session failed")
+            finally:
+                self.connected.clear()
+                metrics.WORKER_CONNECTED.labels(self.pool).set(0)
+                await self._cancel_all()
+            if stop.is_set():
+                break
+            if time.monotonic() - started > 10:
+                backoff = 0.1
+            delay = backoff * (0.5 + random.random())
+            backoff = min(backoff * 2, 5.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def _session(self, stop: asyncio.Event, grace: float) -> None:
+        options = [("grpc.max_receive_message_length", self.max_message_bytes),
+                   ("grpc.max_send_message_length", self.max_message_bytes),
+                   ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        async with grpc.aio.insecure_channel(self.gateway, options=options) as channel:
+            stub = wpb_grpc.WorkerLinkStub(channel)
+            call = stub.Connect(metadata=(("authorization", f"Bearer {self.api_key}"),))
+            await call.write(wpb.WorkerMessage(
+                hello=wpb.WorkerHello(worker_id=self.worker_id, pool=self.pool, capacity=self.capacity,
+                                      device=self.device, providers=list(self.providers)),
+                credits=self.capacity))
+            welcome = await call.read()
+            if welcome is grpc.aio.EOF:
+                raise ConnectionError("the gateway closed the stream before welcoming us")
+            self.connected.set()
+            metrics.WORKER_CONNECTED.labels(self.pool).set(1)
+            log.info("connected to gateway %s (%s)", welcome.welcome.gateway_id, self.gateway)
+            writer = asyncio.create_task(self._write(call))
+            stopper = asyncio.create_task(stop.wait())
+            reader = asyncio.create_task(self._read(call))
+            try:
+                done, _ = await asyncio.wait({writer, reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    await self._drain(call, writer, grace)
+                    return
+                for t in done:
+                    t.result()  # re-raise what ended the stream
+            finally:
+                for t in (writer, stopper, reader):
+                    t.cancel()
+                for t in (writer, stopper, reader):
+                    with contextlib.suppress(BaseException):
+                        await t
+
+    async def _read(self, call) -> None:
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                return
+            for a in msg.assignments:
+                self._start(a)
+            for attempt_id in msg.cancels:
+                task = self.running.get(attempt_id)
+                if task is not None:
+                    task.cancel()
+            if msg.goaway:
+                log.info("gateway is draining; reconnecting when idle")
+                return
+
+    async def _write(self, call) -> None:
+        """Send what is ready as one frame; heartbeat when there is nothing to say."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._outbox.wait(), self.heartbeat)
+            self._outbox.clear()
+            results, self._results = self._results, []
+            returned, self._returned = self._returned, []
+            msg = wpb.WorkerMessage(results=results, returned=returned,
+                                    credits=0 if self.draining else len(results),
+                                    draining=self.draining,
+                                    heartbeat=wpb.Heartbeat(in_flight=len(self.running),
+                                                            sent_unix_ms=int(time.time() * 1000)))
+            await call.write(msg)
+
+    # -- attempts ---------------------------------------------------------------------------
+    def _start(self, a: wpb.Assignment) -> None:
+        if a.attempt_id in self.running:
+            return
+        task = asyncio.create_task(self._attempt(a), name=a.attempt_id)
+        self.running[a.attempt_id] = task
+        metrics.WORKER_IN_FLIGHT.labels(self.pool).set(len(self.running))
+
+    async def _attempt(self, a: wpb.Assignment) -> None:
+        started = time.monotonic()
+        try:
+            budget = a.budget_ms / 1000 if a.budget_ms > 0 else None
+            try:
+                result = await asyncio.wait_for(self.executor.run(a), budget)
+            except asyncio.TimeoutError:
+                result = failed(a, TaskFailure(f"the attempt ran past its budget of {budget:.0f}s", retryable=True))
+                result.error.code = "TIMEOUT"
+            except TaskFailure as exc:
+                result = failed(a, exc)
+            except asyncio.CancelledError:
+                result = wpb.AttemptResult(attempt_id=a.attempt_id, task_id=a.task_id, attempt=a.attempt,
+                                           fence=a.fence, state=pb.CANCELLED, provider=a.provider)
+            except Exception as exc:
+                log.exception("attempt %s failed with a bug", a.attempt_id)
+                result = failed(a, Internal(f"worker error: {type(exc).__name__}"))
+            result.run_ms = result.run_ms or int((time.monotonic() - started) * 1000)
+            self._results.append(result)
+            self._outbox.set()
+        finally:
+            self.running.pop(a.attempt_id, None)
+            metrics.WORKER_IN_FLIGHT.labels(self.pool).set(len(self.running))
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self.running.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self._results.clear()  # undeliverable: the gateway re-runs these attempts
+        self._returned.clear()
+
+    async def _drain(self, call, writer: asyncio.Task, grace: float) -> None:
+        self.draining = True
+        self._outbox.set()
+        deadline = time.monotonic() + grace
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = list(self.running)
+        tasks = list(self.running.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        # Hand back what was cancelled, instead of reporting it as CANCELLED.
+        self._results = [r for r in self._results if r.attempt_id not in left]
+        self._returned.extend(left)
+        self._outbox.set()
+        await asyncio.sleep(0)  # let the writer send the last frame
+        for _ in range(100):
+            if not self._results and not self._returned:
+                break
+            await asyncio.sleep(0.01)
+        writer.cancel()
+        with contextlib.suppress(BaseException):
+            await writer
+        await call.done_writing()
+        log.info("drained: %d attempts handed back", len(left))
