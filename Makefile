@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 WEIGHTS ?= weights
 
-.PHONY: run test bench weights install system-deps proto check clean
+.PHONY: run serve test bench weights install system-deps proto clean
 
 # The virtual environment, reused until pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -31,6 +31,10 @@ install: $(STAMP) system-deps
 # batch streamed back as it finishes, then everything stopped.
 run: install
 	$(BIN)/python -m imagemesh.demo
+
+# The same mesh, left running for the CLI (Ctrl-C stops it).
+serve: install
+	$(BIN)/python -m imagemesh.demo --keep
 
 test: install
 	$(BIN)/python -m pytest
