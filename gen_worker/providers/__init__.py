@@ -31,7 +31,8 @@ def build_providers(base_urls: Mapping[str, str] | None = None, *,
                     **adapter_options: Any) -> dict[str, Provider]:
     """One adapter per hosted API. `client`: share one httpx client (the caller closes it);
     None: each adapter owns a client (closed by its `aclose`). `adapter_options` go to every
-    adapter (`poll_initial`, `poll_max`, `cancel_timeout`, `poll_error_budget`)."""
+    adapter (`poll_initial`, `poll_max`, `cancel_timeout`, `poll_error_budget`, `shards`,
+    `max_connections`)."""
     base_urls = base_urls or {}
     providers: dict[str, Provider] = {}
     for name, cls in ADAPTERS.items():

@@ -113,10 +113,8 @@ async def test_asyncio_cancellation_cancels_the_remote_job(fake, name):
     """What a lost race does: the worker cancels the losing call's task."""
     fake.control(latency=30)
     # prefer_wait=0: the create answers at once, the job is then polled.
-    options = {"prefer_wait": 0} if name == "replicate" else {}
-    provider = build_providers({name: fake.url}, poll_initial=0.05)[name]
-    for key, value in options.items():
-        setattr(provider, key, value)
+    provider = (ReplicateProvider(fake.url, prefer_wait=0, poll_initial=0.05) if name == "replicate"
+                else FalProvider(fake.url, poll_initial=0.05))
     task = asyncio.ensure_future(provider.generate(GenerateRequest("slow", MODELS[name]), TOKEN, soon(60)))
     await fake.wait_until(lambda s: s["total"]["in_flight"] == 1)
     task.cancel()
