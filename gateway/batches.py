@@ -110,6 +110,19 @@ redis.call('HSET', KEYS[1], 'a:' .. n, 1, 'st', 1)
 return n
 """
 
+# KEYS[1] task. ARGV: attempt. A raced attempt failed: it stops being live. Returns how many
+# attempts of the task are still live (0: this failure is the task's result), -1 when final.
+_RETIRE = """
+local st = tonumber(redis.call('HGET', KEYS[1], 'st') or '-1')
+if st < 0 or st >= 3 then return -1 end
+redis.call('HDEL', KEYS[1], 'a:' .. ARGV[1])
+local live = 0
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 2) == 'a:' then live = live + 1 end
+end
+return live
+"""
+
 # KEYS[1] meta, KEYS[2] events. ARGV: index, task payload (TaskAccepted), retention s, field/value
 # pairs of the task record... (KEYS[3] task). Adds one task to an open (Stream) batch.
 _ADD_TASK = """
@@ -168,6 +181,7 @@ class BatchStore:
         self._start = redis.register_script(_START)
         self._next = redis.register_script(_NEXT_ATTEMPT)
         self._add = redis.register_script(_ADD_TASK)
+        self._retire = redis.register_script(_RETIRE)
 
     # -- key names ---------------------------------------------------------------------------
     def meta_key(self, b: str) -> str:
@@ -256,6 +270,10 @@ class BatchStore:
         for b, i, a, keep in attempts:
             await self._next(keys=[self.task_key(b, i)], args=[a, int(keep)], client=pipe)
         return [int(x) for x in await pipe.execute()]
+
+    async def retire(self, batch_id: str, index: int, attempt: int) -> int:
+        """A raced attempt failed: the number of attempts still live (-1: task already final)."""
+        return int(await self._retire(keys=[self.task_key(batch_id, index)], args=[attempt]))
 
     async def sealed_tokens(self, batch_id: str) -> dict[str, bytes]:
         raw = await self.r.hgetall(self.creds_key(batch_id))

@@ -39,7 +39,7 @@ from imagemesh.v1 import worker_pb2 as wpb
 from .batches import BatchStore, task_id
 from .pools import Pool, Worker
 from .queues import Entry, QueueName, TaskQueues
-from .routing import Routing
+from .routing import ENHANCE_KEY, Routing
 
 log = logging.getLogger("imagemesh.gateway.dispatch")
 
@@ -60,10 +60,28 @@ class Attempt:
     leased_at: float = 0.0
     worker: Worker | None = None
     cancel_reason: str | None = None
+    hedged: bool = False
+
+    @property
+    def raced(self) -> bool:
+        return self.pool == "generate" and not self.entry.stage and self.task.generate.race
 
     @property
     def attempt_id(self) -> str:
         return f"{task_id(self.entry.batch_id, self.entry.index)}#{self.entry.attempt}"
+
+
+@dataclass(eq=False)
+class Requeue:
+    """Put an attempt back in a queue as attempt + 1; None fields keep the attempt's own."""
+
+    attempt: Attempt
+    reason: str
+    provider_index: int | None = None
+    stage: str | None = None
+    carry: bytes | None = None
+    # Counts against max_attempts (a move to the next stage does not).
+    counts: bool = True
 
 
 @dataclass(frozen=True)
@@ -73,11 +91,14 @@ class DispatchSettings:
     max_attempts: int = 3
     read_batch: int = 256
     heartbeat_interval: float = 2.0
+    # A raced task starts its next provider this long after the first one.
+    hedge_delay: float = 3.0
 
 
 class Dispatcher:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
-                 leases, routing: Routing, sealer: Sealer, settings: DispatchSettings) -> None:
+                 leases, routing: Routing, sealer: Sealer, settings: DispatchSettings,
+                 cancel_channel: str) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -85,6 +106,7 @@ class Dispatcher:
         self.routing = routing
         self.sealer = sealer
         self.s = settings
+        self.cancel_channel = cancel_channel
         self.pools = {name: Pool(name) for name in POOLS}
         self.inflight: dict[str, Attempt] = {}
         self._known_queues: dict[str, set[QueueName]] = {name: set() for name in POOLS}
@@ -190,7 +212,7 @@ class Dispatcher:
 
     def _attempt(self, e: Entry) -> Attempt:
         task = pb.Task.FromString(e.task)
-        pool = "enhance" if task.HasField("enhance") else "generate"
+        pool = "enhance" if task.HasField("enhance") or e.stage == "enhance" else "generate"
         provider = self.routing.provider_at(task, e.provider_index) if pool == "generate" else ""
         queue = QueueName.parse(e.queue)
         return Attempt(entry=e, task=task, pool=pool, provider=provider, key_id=queue.key_id)
@@ -243,6 +265,8 @@ class Dispatcher:
             a.worker = worker
             worker.in_flight.add(a.attempt_id)
             worker.outbox.put_assignment(assignment)
+            if a.raced and self.routing.next_provider(a.task, a.entry.provider_index, probe=False) is not None:
+                asyncio.get_running_loop().call_later(self.s.hedge_delay, self._hedge, a)
             if a.lease is not None:
                 metrics.LEASE_WAIT.labels(self.routing.alias(a.key_id)).observe(a.leased_at - a.read_at)
         for pool in self.pools.values():
@@ -258,7 +282,10 @@ class Dispatcher:
             attempt_id=a.attempt_id, task_id=task_id(a.entry.batch_id, a.entry.index),
             attempt=a.entry.attempt, fence=getattr(a.lease, "fence", 0), budget_ms=int(budget * 1000),
             output_filename=a.task.output_filename, provider=a.provider, token=token or "")
-        if a.pool == "enhance":
+        if a.entry.stage == "enhance":
+            msg.enhance.CopyFrom(a.task.then_enhance)
+            msg.inputs.extend(pb.TaskResult.FromString(a.entry.carry).files)
+        elif a.pool == "enhance":
             msg.enhance.CopyFrom(a.task.enhance)
         else:
             msg.generate.CopyFrom(a.task.generate)
@@ -292,20 +319,38 @@ class Dispatcher:
             return
         await self._release([a for a, _ in done])
         finals: list[tuple[Attempt, pb.TaskResult]] = []
-        retry: list[tuple[Attempt, str, int]] = []
+        retry: list[Requeue] = []
         for a, r in done:
             if a.provider:
                 self.routing.record(a.provider, r)
             if r.state == pb.CANCELLED and a.cancel_reason in ("lease_lost", "drain"):
-                retry.append((a, a.cancel_reason, a.entry.provider_index))
+                retry.append(Requeue(a, a.cancel_reason))
                 continue
+            if r.state == pb.FAILED and a.raced:
+                live = await self.batches.retire(a.entry.batch_id, a.entry.index, a.entry.attempt)
+                if live != 0:
+                    continue  # another attempt of the race still runs (or the task is over)
             if r.state == pb.FAILED and r.fallback_ok and a.pool == "generate":
                 nxt = self.routing.next_provider(a.task, a.entry.provider_index)
                 if nxt is not None:
-                    retry.append((a, "fallback", nxt))
+                    retry.append(Requeue(a, "fallback", provider_index=nxt))
                     continue
-            finals.append((a, self._task_result(a, r)))
-        await self._record(finals)
+            if r.state == pb.SUCCEEDED and a.pool == "generate" and a.task.HasField("then_enhance"):
+                # The generated outputs go through the enhance pool before the task's result.
+                carry = self._task_result(a, r).SerializeToString()
+                retry.append(Requeue(a, "then_enhance", stage="enhance", carry=carry, counts=False))
+                continue
+            result = self._task_result(a, r)
+            if a.entry.stage == "enhance":
+                stage1 = pb.TaskResult.FromString(a.entry.carry)
+                result.provider = stage1.provider
+                result.model = f"{stage1.model}+{r.model}" if stage1.model else r.model
+            finals.append((a, result))
+        won = await self._record(finals)
+        for (a, result), first in zip(finals, won):
+            if first and a.raced and result.state == pb.SUCCEEDED:
+                # The race is won: every other attempt of this task, on any gateway, stops.
+                await self.r.publish(self.cancel_channel, "t:" + result.task_id)
         await self._requeue(retry)
         self.pools[worker.pool].export()
 
@@ -324,16 +369,17 @@ class Dispatcher:
             result.error.CopyFrom(r.error)
         return result
 
-    async def _record(self, finals: list[tuple[Attempt, pb.TaskResult]]) -> None:
+    async def _record(self, finals: list[tuple[Attempt, pb.TaskResult]]) -> list[bool]:
         if not finals:
-            return
-        await self.batches.finish_many([(a.entry.batch_id, a.entry.index, str(a.entry.attempt), res)
+            return []
+        won = await self.batches.finish_many([(a.entry.batch_id, a.entry.index, str(a.entry.attempt), res)
                                         for a, res in finals])
         await self.queues.ack([a.entry for a, _ in finals])
         for a, res in finals:
             outcome = pb.TaskState.Name(res.state).lower()
             metrics.TASKS_FINISHED.labels(a.pool, outcome).inc()
             metrics.TASK_DURATION.labels(a.pool).observe(res.timings.total_ms / 1000)
+        return won
 
     async def _finish_failed(self, attempts: list[Attempt], failure: TaskFailure) -> None:
         for a in attempts:
@@ -347,34 +393,44 @@ class Dispatcher:
             finals.append((a, self._task_result(a, r)))
         await self._record(finals)
 
-    async def _requeue(self, items: list[tuple[Attempt, str, int]]) -> None:
-        """Put attempts back as attempt + 1 (on provider `provider_index`), or fail them for good
-        once `max_attempts` is reached."""
+    async def _requeue(self, items: list[Requeue]) -> None:
+        """Put attempts back as attempt + 1, or fail them for good once `max_attempts` is
+        reached (stage changes do not count against it)."""
         if not items:
             return
-        over = [(a, reason) for a, reason, _ in items if a.entry.attempt >= self.s.max_attempts]
-        again = [(a, reason, p) for a, reason, p in items if a.entry.attempt < self.s.max_attempts]
-        if over:
-            for a, reason in over:
-                if reason == "worker_lost":
-                    await self._finish_failed([a], WorkerLost(
-                        f"the task's worker was lost {a.entry.attempt} times (limit: max_attempts={self.s.max_attempts})"))
-                else:
-                    await self._finish_failed([a], TaskFailure(
-                        f"gave up after {a.entry.attempt} attempts (last: {reason})", retryable=True))
+        over = [q for q in items if q.counts and q.attempt.entry.attempt >= self.s.max_attempts]
+        again = [q for q in items if q not in over]
+        for q in over:
+            a = q.attempt
+            if q.reason == "worker_lost":
+                failure: TaskFailure = WorkerLost(
+                    f"the task's worker was lost {a.entry.attempt} times (limit: max_attempts={self.s.max_attempts})")
+            else:
+                failure = TaskFailure(f"gave up after {a.entry.attempt} attempts (last: {q.reason})", retryable=True)
+            await self._finish_failed([a], failure)
         numbers = await self.batches.next_attempts(
-            [(a.entry.batch_id, a.entry.index, a.entry.attempt, False) for a, _, _ in again])
+            [(q.attempt.entry.batch_id, q.attempt.entry.index, q.attempt.entry.attempt, False) for q in again])
         pushes = []
-        for (a, reason, p), n in zip(again, numbers):
-            metrics.ATTEMPTS_REQUEUED.labels(a.pool, reason).inc()
+        for q, n in zip(again, numbers):
+            a = q.attempt
+            metrics.ATTEMPTS_REQUEUED.labels(a.pool, q.reason).inc()
             if n == 0:
                 continue
-            queue = await self.routing.queue_for(a.task, p, a.entry.batch_id, self._token)
-            pushes.append((queue, {"b": a.entry.batch_id, "i": a.entry.index, "a": n, "p": p,
-                                   "t": a.entry.accepted_ms, "s": a.entry.task}))
+            p = a.entry.provider_index if q.provider_index is None else q.provider_index
+            stage = a.entry.stage if q.stage is None else q.stage
+            carry = a.entry.carry if q.carry is None else q.carry
+            if stage == "enhance":
+                queue = QueueName("enhance", ENHANCE_KEY)
+            else:
+                queue = await self.routing.queue_for(a.task, p, a.entry.batch_id, self._token)
+            fields = {"b": a.entry.batch_id, "i": a.entry.index, "a": n, "p": p,
+                      "t": a.entry.accepted_ms, "s": a.entry.task}
+            if stage:
+                fields.update(g=stage, c=carry)
+            pushes.append((queue, fields))
             self.note_queue(queue)
         await self.queues.push(pushes)
-        await self.queues.ack([a.entry for a, _, _ in again])
+        await self.queues.ack([q.attempt.entry for q in again])
 
     async def _release(self, attempts: list[Attempt]) -> None:
         leases = [a.lease for a in attempts if a.lease is not None]
@@ -394,7 +450,7 @@ class Dispatcher:
             a.lease = None  # not released: counted until the job is known over (see leases)
         if lost:
             log.warning("worker %s lost with %d attempts in flight; re-queueing them", worker.worker_id, len(lost))
-        await self._requeue([(a, "worker_lost", a.entry.provider_index) for a in lost])
+        await self._requeue([Requeue(a, "worker_lost") for a in lost])
 
     async def on_returned(self, worker: Worker, attempt_ids: list[str]) -> None:
         """A draining worker gave these back unstarted or cancelled: run them elsewhere."""
@@ -406,14 +462,46 @@ class Dispatcher:
                 del self.inflight[aid]
                 back.append(a)
         await self._release(back)
-        await self._requeue([(a, "drain", a.entry.provider_index) for a in back])
+        await self._requeue([Requeue(a, "drain", counts=False) for a in back])
 
-    def cancel_batch(self, batch_id: str) -> None:
-        """Cancel this gateway's running attempts of a cancelled batch (their results, when they
-        come, are stale: the batch store already holds CANCELLED)."""
+    async def announce_cancel(self, batch_id: str) -> None:
+        """Tell every gateway (this one included) to stop the batch's running attempts."""
+        await self.r.publish(self.cancel_channel, "b:" + batch_id)
+
+    def on_cancel_message(self, message: str) -> None:
+        """`b:<batch>`: a cancelled batch; `t:<task>`: a raced task someone won. Running attempts
+        here are cancelled at their workers; their results, when they come, are stale."""
+        kind, _, ident = message.partition(":")
         for a in list(self.inflight.values()):
-            if a.entry.batch_id == batch_id:
+            if kind == "b" and a.entry.batch_id == ident:
                 self._cancel(a, "batch_cancelled")
+            elif kind == "t" and task_id(a.entry.batch_id, a.entry.index) == ident:
+                self._cancel(a, "race_lost")
+
+    def _hedge(self, a: Attempt) -> None:
+        if a.attempt_id in self.inflight and not a.hedged:
+            a.hedged = True
+            t = asyncio.create_task(self._start_hedge(a))
+            self._waiters.add(t)
+            t.add_done_callback(self._waiters.discard)
+
+    async def _start_hedge(self, a: Attempt) -> None:
+        """The raced attempt is still running after the hedge delay: start the next provider
+        too, as a second live attempt (the first one stays live)."""
+        nxt = self.routing.next_provider(a.task, a.entry.provider_index)
+        if nxt is None:
+            return
+        try:
+            n, = await self.batches.next_attempts([(a.entry.batch_id, a.entry.index, a.entry.attempt, True)])
+            if n == 0:
+                return
+            queue = await self.routing.queue_for(a.task, nxt, a.entry.batch_id, self._token)
+            await self.queues.push([(queue, {"b": a.entry.batch_id, "i": a.entry.index, "a": n, "p": nxt,
+                                             "t": a.entry.accepted_ms, "s": a.entry.task})])
+            self.note_queue(queue)
+            metrics.ATTEMPTS_REQUEUED.labels(a.pool, "hedge").inc()
+        except RedisError as exc:
+            log.warning("could not start the hedge of %s: %s", a.attempt_id, type(exc).__name__)
 
     def _cancel(self, a: Attempt, reason: str) -> None:
         a.cancel_reason = reason
@@ -474,7 +562,7 @@ class Dispatcher:
                         claimed = [e for e in claimed if f"{task_id(e.batch_id, e.index)}#{e.attempt}" not in self.inflight]
                         if claimed:
                             log.warning("claimed %d entries of a dead gateway from %s", len(claimed), q.key_id)
-                            await self._requeue([(self._attempt(e), "gateway_lost", e.provider_index) for e in claimed])
+                            await self._requeue([Requeue(self._attempt(e), "gateway_lost") for e in claimed])
                 await self._export_backlog()
             except asyncio.CancelledError:
                 raise
@@ -516,4 +604,4 @@ class Dispatcher:
                 a.worker.outbox.put_cancel(a.attempt_id)
                 a.worker.in_flight.discard(a.attempt_id)
         await self._release(left)
-        await self._requeue([(a, "drain", a.entry.provider_index) for a in left])
+        await self._requeue([Requeue(a, "drain", counts=False) for a in left])

@@ -1,7 +1,9 @@
 """Task queues in Redis: one stream per (pool, lease key), read by every gateway as one group.
 
     im:q:{<pool>|<key_id>}   stream   entries: b (batch), i (index), a (attempt), p (provider
-                                      index), t (accepted ms), s (the Task, serialized)
+                                      index), t (accepted ms), s (the Task, serialized), and for
+                                      a generate task's then_enhance stage: g ("enhance") and
+                                      c (the generate result it carries, serialized)
     im:queues                set      every queue that ever had work, for gateways to discover
     im:work                  channel  a pool name, published when work was added to it
 
@@ -37,6 +39,8 @@ class Entry:
     provider_index: int
     accepted_ms: int
     task: bytes
+    stage: str = ""
+    carry: bytes = b""
 
     @property
     def enqueued_ms(self) -> int:
@@ -121,7 +125,8 @@ class TaskQueues:
     def _entry(self, key: str, entry_id: bytes, f: dict[bytes, bytes]) -> Entry:
         return Entry(queue=key, entry_id=entry_id.decode(), batch_id=f[b"b"].decode(),
                      index=int(f[b"i"]), attempt=int(f[b"a"]), provider_index=int(f[b"p"]),
-                     accepted_ms=int(f[b"t"]), task=f[b"s"])
+                     accepted_ms=int(f[b"t"]), task=f[b"s"], stage=f.get(b"g", b"").decode(),
+                     carry=f.get(b"c", b""))
 
     async def ack(self, entries: list[Entry]) -> None:
         """Done with these entries: remove them (the task record keeps the history)."""

@@ -52,11 +52,13 @@ class Routing:
         providers = self.providers_of(task)
         return providers[min(index, len(providers) - 1)]
 
-    def next_provider(self, task: pb.Task, index: int) -> int | None:
-        """The next provider after `index` whose circuit admits a call, or None."""
+    def next_provider(self, task: pb.Task, index: int, *, probe: bool = True) -> int | None:
+        """The next provider after `index` whose circuit admits a call, or None. With
+        probe=False only asks (a half-open circuit's single probe is not taken)."""
         providers = self.providers_of(task)
         for i in range(index + 1, len(providers)):
-            if self.circuits[providers[i]].allow():
+            breaker = self.circuits[providers[i]]
+            if (breaker.allow() if probe else breaker.state != "open"):
                 return i
         return None
 
@@ -144,9 +146,13 @@ class Routing:
         """Feed the provider's circuit: only failures that say something about its health
         (see imagemesh.circuit.classify: 429s and input errors are neutral)."""
         breaker = self.circuits.get(provider)
-        if breaker is None or result.state == pb.CANCELLED:
+        if breaker is None:
             return
         if result.state == pb.SUCCEEDED:
             breaker.record(True)
-        elif result.error.code in ("PROVIDER_ERROR", "UNAVAILABLE", "TIMEOUT"):
+        elif result.state == pb.FAILED and result.error.code in ("PROVIDER_ERROR", "UNAVAILABLE", "TIMEOUT"):
             breaker.record(False)
+        else:
+            # Neutral (cancelled, bad input, bad token, 429): if this was the half-open probe,
+            # free it so the next call can probe.
+            breaker.release_probe()

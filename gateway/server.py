@@ -87,17 +87,19 @@ class Gateway:
                                 default_limit=self.routing.default_limit)
         self.batches = BatchStore(self.redis, prefix=p, retention=settings.retention)
         self.queues = TaskQueues(self.redis, consumer=self.id, prefix=p)
+        self.cancel_channel = f"{p}:cancel"
         self.dispatcher = Dispatcher(
             redis=self.redis, batches=self.batches, queues=self.queues, leases=self.leases,
             routing=self.routing, sealer=self.sealer,
             settings=DispatchSettings(lease_ttl=settings.lease_ttl, max_job_runtime=settings.max_job_runtime,
                                       max_attempts=settings.max_attempts,
-                                      heartbeat_interval=settings.heartbeat_interval))
-        self.cancel_channel = f"{p}:cancel"
+                                      heartbeat_interval=settings.heartbeat_interval,
+                                      hedge_delay=settings.hedge_delay),
+            cancel_channel=self.cancel_channel)
         self.service = BatchService(
             redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
             sealer=self.sealer, dispatcher=self.dispatcher,
-            limits=Limits(max_batch_tasks=settings.max_batch_tasks), cancel_channel=self.cancel_channel)
+            limits=Limits(max_batch_tasks=settings.max_batch_tasks))
         self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -155,7 +157,7 @@ class Gateway:
                     if channel == work:
                         self.dispatcher.wake(data)
                     else:
-                        self.dispatcher.cancel_batch(data)
+                        self.dispatcher.on_cancel_message(data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

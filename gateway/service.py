@@ -67,8 +67,7 @@ class Prepared:
 
 class BatchService:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
-                 routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits,
-                 cancel_channel: str) -> None:
+                 routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -76,7 +75,6 @@ class BatchService:
         self.sealer = sealer
         self.dispatcher = dispatcher
         self.limits = limits
-        self.cancel_channel = cancel_channel
 
     # -- preparing tasks -----------------------------------------------------------------------
     def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str]) -> Prepared:
@@ -223,5 +221,5 @@ class BatchService:
             task_index=i, task_id=task_id(batch_id, i), state=pb.CANCELLED,
             error=pb.TaskError(code="CANCELLED", message="the batch was cancelled"))) for i in unfinished]
         await self.batches.finish_many(results)
-        await self.r.publish(self.cancel_channel, batch_id)
+        await self.dispatcher.announce_cancel(batch_id)
         return await self.status(caller, batch_id)

@@ -27,6 +27,7 @@ class GatewaySettings(CommonSettings):
     openai_token: str = setting("", "Server token for the OpenAI-style API")
     lease_ttl: float = setting(10.0, "Seconds a lease lives without renewal")
     max_job_runtime: float = setting(600.0, "Longest a provider job may run; a lost holder's lease counts this long")
+    hedge_delay: float = setting(3.0, "Seconds before a raced task (race: true) also starts its next provider")
     max_attempts: int = setting(3, "Attempts per task (worker lost, lease lost, fallback) before it fails")
     max_batch_tasks: int = setting(1000, "Tasks per batch")
     max_queued_per_tenant: int = setting(100_000, "Unfinished tasks one tenant may have queued")

@@ -22,8 +22,10 @@ from .settings import WorkerSettings
 
 async def amain(s: WorkerSettings) -> int:
     http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0), timeout=30.0)
+    # Adapters keep their own sharded connection pools: one shared httpx pool costs CPU that
+    # grows with the square of its connections (encode/httpcore#1035). `http` is for inlining.
     providers = build_providers({"replicate": s.replicate_base_url, "fal": s.fal_base_url,
-                                 "openai": s.openai_base_url}, client=http)
+                                 "openai": s.openai_base_url})
     providers["local"] = LocalProvider(latency=s.local_latency_ms / 1000)
     executor = GenerateExecutor(providers, policy=RetryPolicy(max_tries=s.max_tries), http=http,
                                 inline_max_bytes=s.inline_max_bytes, allow_private_urls=s.allow_private_urls)
@@ -45,6 +47,8 @@ async def amain(s: WorkerSettings) -> int:
     await run
     if health:
         await health.stop()
+    for provider in providers.values():
+        await provider.aclose()
     await http.aclose()
     return 0
 
