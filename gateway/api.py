@@ -92,9 +92,11 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
                         await self.service.add_to_session(caller, batch_id, index, msg.task, tokens)
                         index += 1
                     elif msg.HasField("close"):
-                        break
-                await self.service.close_session(batch_id)
-                closed.set()
+                        await self.service.close_session(batch_id)
+                        closed.set()
+                        return
+                # The request stream ended without `close`: the client went away (a half-close
+                # can't be told from a disconnect here), handled below: cancel or keep running.
             except BadRequest as exc:
                 # Session-level misuse: end the batch (its summary wakes the response side,
                 # which then answers INVALID_ARGUMENT).

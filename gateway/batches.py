@@ -28,7 +28,8 @@ from imagemesh.v1 import imagemesh_pb2 as pb
 
 FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 
-# KEYS[1] meta, KEYS[2] events. ARGV: tenant, total, closed (0|1), retention s, accepted payload.
+# KEYS[1] meta, KEYS[2] events. ARGV: tenant, total, closed (0|1), retention s, accepted payload,
+# input bytes.
 # Returns 1 when created, 0 when the batch already existed (for the same tenant), -1 when the id
 # belongs to another tenant.
 _CREATE = """
@@ -40,7 +41,7 @@ end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'created_ms', now, 'total', ARGV[2],
-           'closed', ARGV[3], 'ok', 0, 'failed', 0, 'cancelled', 0, 'done', 0)
+           'closed', ARGV[3], 'ok', 0, 'failed', 0, 'cancelled', 0, 'done', 0, 'bytes', ARGV[6])
 redis.call('XADD', KEYS[2], '*', 'k', 'accepted', 'd', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -198,11 +199,41 @@ class BatchStore:
 
     # -- creating ----------------------------------------------------------------------------
     async def create(self, batch_id: str, tenant: str, total: int, *, closed: bool,
-                     accepted: pb.Accepted) -> int:
+                     accepted: pb.Accepted, input_bytes: int = 0) -> int:
         """1: created; 0: the tenant's batch with that id exists; -1: another tenant's id."""
-        return int(await self._create(
+        created = int(await self._create(
             keys=[self.meta_key(batch_id), self.events_key(batch_id)],
-            args=[tenant, total, int(closed), self.retention, accepted.SerializeToString()]))
+            args=[tenant, total, int(closed), self.retention, accepted.SerializeToString(), input_bytes]))
+        if created == 1:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.sadd(self.tenant_key(tenant), batch_id)
+            pipe.expire(self.tenant_key(tenant), self.retention)
+            await pipe.execute()
+        return created
+
+    def tenant_key(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{{{tenant}}}:open"
+
+    async def tenant_backlog(self, tenant: str) -> tuple[int, int]:
+        """(unfinished tasks, input bytes) of the tenant's open batches; forgets finished ones."""
+        batch_ids = [b.decode() for b in await self.r.smembers(self.tenant_key(tenant))]
+        if not batch_ids:
+            return 0, 0
+        pipe = self.r.pipeline(transaction=False)
+        for b in batch_ids:
+            pipe.hmget(self.meta_key(b), "total", "ok", "failed", "cancelled", "done", "bytes")
+        tasks = size = 0
+        finished = []
+        for b, row in zip(batch_ids, await pipe.execute()):
+            if row[0] is None or row[4] == b"1":
+                finished.append(b)
+                continue
+            total, ok, failed, cancelled = (int(x or 0) for x in row[:4])
+            tasks += total - ok - failed - cancelled
+            size += int(row[5] or 0)
+        if finished:
+            await self.r.srem(self.tenant_key(tenant), *finished)
+        return tasks, size
 
     async def write_tasks(self, batch_id: str, tasks: Iterable[NewTask], *,
                           sealed_tokens: dict[str, bytes] | None = None) -> None:

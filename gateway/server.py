@@ -99,7 +99,9 @@ class Gateway:
         self.service = BatchService(
             redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
             sealer=self.sealer, dispatcher=self.dispatcher,
-            limits=Limits(max_batch_tasks=settings.max_batch_tasks))
+            limits=Limits(max_batch_tasks=settings.max_batch_tasks,
+                          max_queued_per_tenant=settings.max_queued_per_tenant,
+                          max_queued_bytes_per_tenant=settings.max_queued_bytes_per_tenant))
         self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0

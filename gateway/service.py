@@ -121,13 +121,16 @@ class BatchService:
         tokens = dict(req.credentials)
         check_credentials(tokens, self.routing.s.providers)
         batch_id = req.batch_id or new_batch_id()
+        size = req.ByteSize()
+        await self._admit(caller, len(req.tasks), size)
         prepared = [self._prepare(caller, i, t, tokens) for i, t in enumerate(req.tasks)]
         if all(p.failure is not None for p in prepared):
             # Nothing in the batch can run: say why as a status, not as N failed results.
             first = prepared[0].failure
             raise BadRequest(first.message if first else "no valid task")
         accepted = pb.Accepted(batch_id=batch_id, task_ids=[task_id(batch_id, i) for i in range(len(prepared))])
-        created = await self.batches.create(batch_id, caller.tenant, len(prepared), closed=False, accepted=accepted)
+        created = await self.batches.create(batch_id, caller.tenant, len(prepared), closed=False,
+                                            accepted=accepted, input_bytes=size)
         if created < 0:
             raise Forbidden(f"batch_id {batch_id!r} belongs to another caller")
         if created == 0:
@@ -138,6 +141,18 @@ class BatchService:
         await self.batches.mark_enqueued(batch_id)
         await self.batches.close(batch_id)
         return batch_id
+
+    async def _admit(self, caller: Caller, tasks: int, size: int) -> None:
+        """Backpressure per tenant: what it has queued, in tasks and in input bytes, is capped,
+        so one caller can't fill Redis (or starve the others) however much it submits."""
+        queued, queued_bytes = await self.batches.tenant_backlog(caller.tenant)
+        if queued + tasks > self.limits.max_queued_per_tenant:
+            raise Overloaded(f"too many unfinished tasks for this caller: {queued} queued + {tasks} new, "
+                             f"the limit is {self.limits.max_queued_per_tenant}; retry when some finish",
+                             retry_after=5.0)
+        if queued_bytes + size > self.limits.max_queued_bytes_per_tenant:
+            raise Overloaded(f"too many input bytes queued for this caller: {queued_bytes} + {size}, "
+                             f"the limit is {self.limits.max_queued_bytes_per_tenant}", retry_after=5.0)
 
     async def _accept(self, batch_id: str, prepared: list[Prepared], tokens: dict[str, str]) -> None:
         meta = await self.batches.meta(batch_id)
@@ -170,6 +185,7 @@ class BatchService:
                              tokens: dict[str, str]) -> None:
         if index >= self.limits.max_batch_tasks:
             raise BadRequest(f"tasks: more than {self.limits.max_batch_tasks} tasks in one session")
+        await self._admit(caller, 1, task.ByteSize())
         p = self._prepare(caller, index, task, tokens)
         meta = await self.batches.meta(batch_id)
         accepted_ms = meta.created_ms if meta else 0

@@ -31,6 +31,8 @@ class Limits:
     max_image_bytes: int = 20 * 1024 * 1024
     max_url_chars: int = 2048
     max_input_fields: int = 64
+    max_queued_per_tenant: int = 100_000
+    max_queued_bytes_per_tenant: int = 512 * 1024 * 1024
 
 
 def check_batch(tasks_count: int, batch_id: str, limits: Limits) -> None:

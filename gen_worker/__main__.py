@@ -26,6 +26,7 @@ async def amain(s: WorkerSettings) -> int:
     # grows with the square of its connections (encode/httpcore#1035). `http` is for inlining.
     providers = build_providers({"replicate": s.replicate_base_url, "fal": s.fal_base_url,
                                  "openai": s.openai_base_url})
+    providers["replicate"].prefer_wait = max(0, min(60, s.replicate_prefer_wait))
     providers["local"] = LocalProvider(latency=s.local_latency_ms / 1000)
     executor = GenerateExecutor(providers, policy=RetryPolicy(max_tries=s.max_tries), http=http,
                                 inline_max_bytes=s.inline_max_bytes, allow_private_urls=s.allow_private_urls)
