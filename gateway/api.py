@@ -96,7 +96,9 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
                         closed.set()
                         return
                 # The request stream ended without `close`: the client went away (a half-close
-                # can't be told from a disconnect here), handled below: cancel or keep running.
+                # can't be told from a disconnect here).
+                await self._abandon(caller, batch_id, first.open)
+                closed.set()
             except BadRequest as exc:
                 # Session-level misuse: end the batch (its summary wakes the response side,
                 # which then answers INVALID_ARGUMENT).
@@ -122,14 +124,16 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
                 reader.cancel()
                 with contextlib.suppress(BaseException):
                     await reader
-            if not closed.is_set() or failure:
-                # The client went away without `close`.
-                if not first.open.keep_running_on_disconnect:
-                    with contextlib.suppress(Exception):
-                        await self.service.cancel(caller, batch_id)
-                else:
-                    with contextlib.suppress(Exception):
-                        await self.service.close_session(batch_id)
+            if not closed.is_set():
+                with contextlib.suppress(Exception):
+                    await self._abandon(caller, batch_id, first.open)
+
+    async def _abandon(self, caller, batch_id: str, open_msg: pb.StreamOpen) -> None:
+        """A session left without `close`: cancel it, or let it run if the client asked."""
+        if open_msg.keep_running_on_disconnect:
+            await self.service.close_session(batch_id)
+        else:
+            await self.service.cancel(caller, batch_id)
 
     async def WatchBatch(self, request, context):
         caller = await authenticate(self.keys, context, "client")
