@@ -12,17 +12,24 @@ Inputs it reads: `width`, `height` (16..2048, default 256), `seed` (default 0), 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import time
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from imagemesh.errors import InvalidInput, Timeout
 
 from .base import GenerateRequest, Output
 
 MODEL = "local-renderer"
+
+
+@functools.cache
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    # Pillow decodes its embedded default font on every load: load it once.
+    return ImageFont.load_default()
 
 
 def render(prompt: str, seed: int, width: int, height: int, fmt: str = "png") -> bytes:
@@ -37,7 +44,7 @@ def render(prompt: str, seed: int, width: int, height: int, fmt: str = "png") ->
         x0, y0 = digest[8 + i] * width // 256, digest[12 + i] * height // 256
         r = max(4, digest[16 + i] * min(width, height) // 1024)
         draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], outline=tuple(digest[20 + i:23 + i]), width=2)
-    draw.text((6, 6), prompt[:60], fill=(255, 255, 255))
+    draw.text((6, 6), prompt[:60], fill=(255, 255, 255), font=_font())
     buf = io.BytesIO()
     if fmt in ("jpg", "jpeg"):
         img.save(buf, format="JPEG", quality=90)
