@@ -155,7 +155,10 @@ class Dispatcher:
         backoff = 0.05
         while True:
             try:
-                if not self.accepting or not await pool.wait_for_credit(timeout=1.0):
+                if not self.accepting:
+                    await asyncio.sleep(0.1)
+                    continue
+                if not await pool.wait_for_credit(timeout=1.0):
                     continue
                 wake.clear()
                 ready = [q for q in self._known_queues[name] if q not in self._blocked]

@@ -92,6 +92,9 @@ class WorkerRuntime:
         self._results: list[wpb.AttemptResult] = []
         self._returned: list[str] = []
         self._outbox = asyncio.Event()
+        self._sending = False
+        self._goaway = asyncio.Event()
+        self._idle = asyncio.Event()
         metrics.WORKER_CAPACITY.labels(pool).set(capacity)
 
     # -- one connection -----------------------------------------------------------------------
@@ -138,20 +141,27 @@ class WorkerRuntime:
             self.connected.set()
             metrics.WORKER_CONNECTED.labels(self.pool).set(1)
             log.info("connected to gateway %s (%s)", welcome.welcome.gateway_id, self.gateway)
+            self._goaway.clear()
+            self._idle.clear()
             writer = asyncio.create_task(self._write(call))
             stopper = asyncio.create_task(stop.wait())
             reader = asyncio.create_task(self._read(call))
+            idle = asyncio.create_task(self._idle.wait())
             try:
-                done, _ = await asyncio.wait({writer, reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({writer, reader, stopper, idle}, return_when=asyncio.FIRST_COMPLETED)
                 if stopper in done:
                     await self._drain(call, writer, grace)
+                    return
+                if idle in done:
+                    await self._flush(writer)
+                    await call.done_writing()
                     return
                 for t in done:
                     t.result()  # re-raise what ended the stream
             finally:
-                for t in (writer, stopper, reader):
+                for t in (writer, stopper, reader, idle):
                     t.cancel()
-                for t in (writer, stopper, reader):
+                for t in (writer, stopper, reader, idle):
                     with contextlib.suppress(BaseException):
                         await t
 
@@ -166,9 +176,14 @@ class WorkerRuntime:
                 task = self.running.get(attempt_id)
                 if task is not None:
                     task.cancel()
-            if msg.goaway:
-                log.info("gateway is draining; reconnecting when idle")
-                return
+            if msg.goaway and not self._goaway.is_set():
+                # The gateway drains: finish what we have here (results still flow on this
+                # stream), take nothing new, then reconnect (to another replica).
+                log.info("gateway is draining; reconnecting once in-flight work is done")
+                self._goaway.set()
+                self._outbox.set()
+                if not self.running:
+                    self._idle.set()
 
     async def _write(self, call) -> None:
         """Send what is ready as one frame; heartbeat when there is nothing to say."""
@@ -178,12 +193,17 @@ class WorkerRuntime:
             self._outbox.clear()
             results, self._results = self._results, []
             returned, self._returned = self._returned, []
+            stopping = self.draining or self._goaway.is_set()
             msg = wpb.WorkerMessage(results=results, returned=returned,
-                                    credits=0 if self.draining else len(results),
-                                    draining=self.draining,
+                                    credits=0 if stopping else len(results),
+                                    draining=stopping,
                                     heartbeat=wpb.Heartbeat(in_flight=len(self.running),
                                                             sent_unix_ms=int(time.time() * 1000)))
-            await call.write(msg)
+            self._sending = True
+            try:
+                await call.write(msg)
+            finally:
+                self._sending = False
 
     # -- attempts ---------------------------------------------------------------------------
     def _start(self, a: wpb.Assignment) -> None:
@@ -216,6 +236,8 @@ class WorkerRuntime:
         finally:
             self.running.pop(a.attempt_id, None)
             metrics.WORKER_IN_FLIGHT.labels(self.pool).set(len(self.running))
+            if self._goaway.is_set() and not self.running:
+                self._idle.set()
 
     async def _cancel_all(self) -> None:
         tasks = list(self.running.values())
@@ -226,6 +248,17 @@ class WorkerRuntime:
                 await t
         self._results.clear()  # undeliverable: the gateway re-runs these attempts
         self._returned.clear()
+
+    async def _flush(self, writer: asyncio.Task) -> None:
+        """Let the writer send what is pending (bounded), then stop it."""
+        self._outbox.set()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if not (self._results or self._returned or self._outbox.is_set() or self._sending):
+                break
+        writer.cancel()
+        with contextlib.suppress(BaseException):
+            await writer
 
     async def _drain(self, call, writer: asyncio.Task, grace: float) -> None:
         self.draining = True
@@ -243,14 +276,6 @@ class WorkerRuntime:
         # Hand back what was cancelled, instead of reporting it as CANCELLED.
         self._results = [r for r in self._results if r.attempt_id not in left]
         self._returned.extend(left)
-        self._outbox.set()
-        await asyncio.sleep(0)  # let the writer send the last frame
-        for _ in range(100):
-            if not self._results and not self._returned:
-                break
-            await asyncio.sleep(0.01)
-        writer.cancel()
-        with contextlib.suppress(BaseException):
-            await writer
+        await self._flush(writer)
         await call.done_writing()
         log.info("drained: %d attempts handed back", len(left))
