@@ -3,13 +3,15 @@
 All of a batch's keys share the hash tag `{<batch_id>}`, so every script below touches one slot
 and works on Redis Cluster:
 
-    im:{B}:meta        hash    tenant, created_ms, total, closed, ok, failed, cancelled, done, enq
-    im:{B}:t:<index>   hash    st (TaskState), att (newest attempt), a:<n> (live attempts),
-                               fn (output filename), pool, q (accepted ms)
-    im:{B}:ev          stream  the batch's events; entry ids are the clients' cursors
-    im:{B}:cred        hash    provider -> sealed caller token (see imagemesh.credentials)
+    im:{B}:meta     hash    tenant, created_ms, total, closed, ok, failed, cancelled, done, enq, bytes
+    im:{B}:tasks    hash    per task i: `i:st` (TaskState), `i:att` (newest attempt), `i:a:<n>`
+                            (attempt n is live), `i:live` (how many are), `i:fn` (output filename)
+    im:{B}:ev       stream  the batch's events; entry ids are the clients' cursors
+    im:{B}:cred     hash    provider -> sealed caller token (see imagemesh.credentials)
 
-Every key expires `retention` seconds after the batch was created or last finished.
+One hash for all of a batch's tasks (not a key per task) keeps submission at one command per
+batch and memory small with 100 000 queued tasks. Every key expires `retention` seconds after
+the batch was created or finished.
 
 Exactly-once results (invariant 4) rest on `FINISH`: it moves a task to a final state only if
 the task is not final yet and the reporting attempt is still live, and appends the result event
@@ -18,7 +20,6 @@ in the same script. Any number of stale, duplicate or late reports can arrive; o
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -29,9 +30,8 @@ from imagemesh.v1 import imagemesh_pb2 as pb
 FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 
 # KEYS[1] meta, KEYS[2] events. ARGV: tenant, total, closed (0|1), retention s, accepted payload,
-# input bytes.
-# Returns 1 when created, 0 when the batch already existed (for the same tenant), -1 when the id
-# belongs to another tenant.
+# input bytes. Returns 1 when created, 0 when the batch already existed (for the same tenant),
+# -1 when the id belongs to another tenant.
 _CREATE = """
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
 if tenant then
@@ -48,10 +48,20 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
+# Shared head of the task scripts: the task's state, and whether an attempt is live.
+_TASK = """
+local function state(tasks, i)
+  return tonumber(redis.call('HGET', tasks, i .. ':st') or '-1')
+end
+local function live(tasks, i, attempt)
+  return redis.call('HEXISTS', tasks, i .. ':a:' .. attempt) == 1
+end
+"""
+
 # Shared tail of FINISH and CLOSE: append the summary once every task is final and no more can
-# be added. KEYS[1] meta, KEYS[2] events.
+# be added, and keep the batch `retention` seconds from now.
 _SUMMARY = """
-local function maybe_summary(meta, events, retention)
+local function maybe_summary(meta, events, tasks, retention)
   local m = redis.call('HMGET', meta, 'total', 'ok', 'failed', 'cancelled', 'closed', 'created_ms', 'done')
   local total, ok, failed, cancelled = tonumber(m[1]), tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
   if m[5] ~= '1' or m[7] == '1' or ok + failed + cancelled < total then return end
@@ -62,76 +72,79 @@ local function maybe_summary(meta, events, retention)
              'cancelled', cancelled, 'duration_ms', now - tonumber(m[6]))
   redis.call('EXPIRE', meta, retention)
   redis.call('EXPIRE', events, retention)
+  redis.call('EXPIRE', tasks, retention)
 end
 """
 
-# KEYS[1] task, KEYS[2] meta, KEYS[3] events. ARGV: attempt ('*' = any), state, result payload,
-# retention s. Returns 1 when this report became the task's result, 0 when it was stale.
-_FINISH = _SUMMARY + """
-local st = tonumber(redis.call('HGET', KEYS[1], 'st') or '-1')
+# KEYS[1] tasks, KEYS[2] meta, KEYS[3] events. ARGV: index, attempt ('*' = any live or not),
+# state, result payload, retention s. Returns 1 when this report became the task's result, 0
+# when it was stale (task already final, or the attempt no longer live).
+_FINISH = _TASK + _SUMMARY + """
+local i = ARGV[1]
+local st = state(KEYS[1], i)
 if st < 0 or st >= 3 then return 0 end
-if ARGV[1] ~= '*' and redis.call('HEXISTS', KEYS[1], 'a:' .. ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'st', ARGV[2])
-local counter = ({['3'] = 'ok', ['4'] = 'failed', ['5'] = 'cancelled'})[ARGV[2]]
+if ARGV[2] ~= '*' and not live(KEYS[1], i, ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], i .. ':st', ARGV[3])
+local counter = ({['3'] = 'ok', ['4'] = 'failed', ['5'] = 'cancelled'})[ARGV[3]]
 redis.call('HINCRBY', KEYS[2], counter, 1)
-redis.call('XADD', KEYS[3], '*', 'k', 'result', 'd', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-maybe_summary(KEYS[2], KEYS[3], ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'k', 'result', 'd', ARGV[4])
+maybe_summary(KEYS[2], KEYS[3], KEYS[1], ARGV[5])
 return 1
 """
 
-# KEYS[1] meta, KEYS[2] events. ARGV: retention s. Closes a Stream session's batch.
+# KEYS[1] meta, KEYS[2] events, KEYS[3] tasks. ARGV: retention s. No more tasks can be added.
 _CLOSE = _SUMMARY + """
 if not redis.call('HGET', KEYS[1], 'tenant') then return 0 end
 redis.call('HSET', KEYS[1], 'closed', 1)
-maybe_summary(KEYS[1], KEYS[2], ARGV[1])
+maybe_summary(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS[1] task. ARGV: attempt. Marks the task RUNNING if that attempt is still live.
+# KEYS[1] tasks. ARGV: index, attempt. Marks the task RUNNING if that attempt is still live.
 # Returns 1 to go ahead, 0 when the task is final or the attempt stale (drop the entry).
-_START = """
-local st = tonumber(redis.call('HGET', KEYS[1], 'st') or '-1')
-if st < 0 or st >= 3 then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'a:' .. ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'st', 2)
+_START = _TASK + """
+local st = state(KEYS[1], ARGV[1])
+if st < 0 or st >= 3 or not live(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1] .. ':st', 2)
 return 1
 """
 
-# KEYS[1] task. ARGV: old attempt, keep old live (0|1). Makes attempt att+1 live and returns its
-# number, or 0 when the task is final or the old attempt is no longer live (someone else already
-# moved it on).
-_NEXT_ATTEMPT = """
-local st = tonumber(redis.call('HGET', KEYS[1], 'st') or '-1')
-if st < 0 or st >= 3 then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'a:' .. ARGV[1]) == 0 then return 0 end
-if ARGV[2] ~= '1' then redis.call('HDEL', KEYS[1], 'a:' .. ARGV[1]) end
-local n = redis.call('HINCRBY', KEYS[1], 'att', 1)
-redis.call('HSET', KEYS[1], 'a:' .. n, 1, 'st', 1)
+# KEYS[1] tasks. ARGV: index, old attempt, keep old live (0|1). Makes attempt att+1 live and
+# returns its number, or 0 when the task is final or the old attempt is no longer live (someone
+# else already moved it on).
+_NEXT_ATTEMPT = _TASK + """
+local i = ARGV[1]
+local st = state(KEYS[1], i)
+if st < 0 or st >= 3 or not live(KEYS[1], i, ARGV[2]) then return 0 end
+if ARGV[3] ~= '1' then
+  redis.call('HDEL', KEYS[1], i .. ':a:' .. ARGV[2])
+  redis.call('HINCRBY', KEYS[1], i .. ':live', -1)
+end
+local n = redis.call('HINCRBY', KEYS[1], i .. ':att', 1)
+redis.call('HSET', KEYS[1], i .. ':a:' .. n, 1, i .. ':st', 1)
+redis.call('HINCRBY', KEYS[1], i .. ':live', 1)
 return n
 """
 
-# KEYS[1] task. ARGV: attempt. A raced attempt failed: it stops being live. Returns how many
-# attempts of the task are still live (0: this failure is the task's result), -1 when final.
-_RETIRE = """
-local st = tonumber(redis.call('HGET', KEYS[1], 'st') or '-1')
+# KEYS[1] tasks. ARGV: index, attempt. A raced attempt failed: it stops being live. Returns how
+# many attempts of the task are still live (0: this failure is the task's result), -1 if final.
+_RETIRE = _TASK + """
+local i = ARGV[1]
+local st = state(KEYS[1], i)
 if st < 0 or st >= 3 then return -1 end
-redis.call('HDEL', KEYS[1], 'a:' .. ARGV[1])
-local live = 0
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(field, 1, 2) == 'a:' then live = live + 1 end
+if redis.call('HDEL', KEYS[1], i .. ':a:' .. ARGV[2]) == 1 then
+  return redis.call('HINCRBY', KEYS[1], i .. ':live', -1)
 end
-return live
+return tonumber(redis.call('HGET', KEYS[1], i .. ':live') or '0')
 """
 
-# KEYS[1] meta, KEYS[2] events. ARGV: index, task payload (TaskAccepted), retention s, field/value
-# pairs of the task record... (KEYS[3] task). Adds one task to an open (Stream) batch.
+# KEYS[1] meta, KEYS[2] events, KEYS[3] tasks. ARGV: TaskAccepted payload, field/value pairs of
+# the task's record... Adds one task to an open (Stream) batch; 0 when the batch is closed.
 _ADD_TASK = """
 if redis.call('HGET', KEYS[1], 'closed') ~= '0' then return 0 end
 redis.call('HINCRBY', KEYS[1], 'total', 1)
-redis.call('HSET', KEYS[3], unpack(ARGV, 4))
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-redis.call('XADD', KEYS[2], '*', 'k', 'task_accepted', 'd', ARGV[2])
+redis.call('HSET', KEYS[3], unpack(ARGV, 2))
+redis.call('XADD', KEYS[2], '*', 'k', 'task_accepted', 'd', ARGV[1])
 return 1
 """
 
@@ -191,8 +204,8 @@ class BatchStore:
     def events_key(self, b: str) -> str:
         return f"{self.prefix}:{{{b}}}:ev"
 
-    def task_key(self, b: str, index: int) -> str:
-        return f"{self.prefix}:{{{b}}}:t:{index}"
+    def tasks_key(self, b: str) -> str:
+        return f"{self.prefix}:{{{b}}}:tasks"
 
     def creds_key(self, b: str) -> str:
         return f"{self.prefix}:{{{b}}}:cred"
@@ -238,39 +251,44 @@ class BatchStore:
     async def write_tasks(self, batch_id: str, tasks: Iterable[NewTask], *,
                           sealed_tokens: dict[str, bytes] | None = None) -> None:
         """Task records (state QUEUED, attempt 1 live) and the batch's sealed tokens."""
-        now = int(time.time() * 1000)
+        fields: dict[str, str | int] = {}
+        for t in tasks:
+            fields.update(self._task_fields(t))
         pipe = self.r.pipeline(transaction=False)
         if sealed_tokens:
             pipe.hset(self.creds_key(batch_id), mapping=sealed_tokens)
             pipe.expire(self.creds_key(batch_id), self.retention)
-        for t in tasks:
-            key = self.task_key(batch_id, t.index)
-            pipe.hset(key, mapping=self._task_fields(t, now))
-            pipe.expire(key, self.retention)
+        if fields:
+            pipe.hset(self.tasks_key(batch_id), mapping=fields)
+        pipe.expire(self.tasks_key(batch_id), self.retention)
         await pipe.execute()
 
     @staticmethod
-    def _task_fields(t: NewTask, now: int) -> dict[str, str | int]:
-        return {"st": pb.QUEUED, "att": 1, "a:1": 1, "fn": t.output_filename, "pool": t.pool, "q": now}
+    def _task_fields(t: NewTask) -> dict[str, str | int]:
+        i = t.index
+        return {f"{i}:st": pb.QUEUED, f"{i}:att": 1, f"{i}:a:1": 1, f"{i}:live": 1, f"{i}:fn": t.output_filename}
 
     async def add_task(self, batch_id: str, task: NewTask, *, sealed_tokens: dict[str, bytes] | None = None) -> bool:
         """Add a task to an open Stream batch; False when the batch is closed or unknown."""
         accepted = pb.TaskAccepted(task_index=task.index, task_id=task_id(batch_id, task.index))
-        fields = self._task_fields(task, int(time.time() * 1000))
-        flat: list[str | int] = [x for kv in fields.items() for x in kv]
+        flat: list[str | int] = [x for kv in self._task_fields(task).items() for x in kv]
+        pipe = self.r.pipeline(transaction=False)
         if sealed_tokens:
-            await self.r.hset(self.creds_key(batch_id), mapping=sealed_tokens)
-            await self.r.expire(self.creds_key(batch_id), self.retention)
+            pipe.hset(self.creds_key(batch_id), mapping=sealed_tokens)
+            pipe.expire(self.creds_key(batch_id), self.retention)
+        pipe.expire(self.tasks_key(batch_id), self.retention)
+        await pipe.execute()
         ok = await self._add(
-            keys=[self.meta_key(batch_id), self.events_key(batch_id), self.task_key(batch_id, task.index)],
-            args=[task.index, accepted.SerializeToString(), self.retention, *flat])
+            keys=[self.meta_key(batch_id), self.events_key(batch_id), self.tasks_key(batch_id)],
+            args=[accepted.SerializeToString(), *flat])
         return bool(ok)
 
     async def mark_enqueued(self, batch_id: str) -> None:
         await self.r.hset(self.meta_key(batch_id), "enq", 1)
 
     async def close(self, batch_id: str) -> None:
-        await self._close(keys=[self.meta_key(batch_id), self.events_key(batch_id)], args=[self.retention])
+        await self._close(keys=[self.meta_key(batch_id), self.events_key(batch_id), self.tasks_key(batch_id)],
+                          args=[self.retention])
 
     # -- running -----------------------------------------------------------------------------
     async def start_many(self, attempts: list[tuple[str, int, int]]) -> list[bool]:
@@ -279,7 +297,7 @@ class BatchStore:
             return []
         pipe = self.r.pipeline(transaction=False)
         for b, i, a in attempts:
-            await self._start(keys=[self.task_key(b, i)], args=[a], client=pipe)
+            await self._start(keys=[self.tasks_key(b)], args=[i, a], client=pipe)
         return [bool(x) for x in await pipe.execute()]
 
     async def finish_many(self, results: list[tuple[str, int, str, pb.TaskResult]]) -> list[bool]:
@@ -288,9 +306,9 @@ class BatchStore:
             return []
         pipe = self.r.pipeline(transaction=False)
         for b, i, attempt, result in results:
-            await self._finish(keys=[self.task_key(b, i), self.meta_key(b), self.events_key(b)],
-                         args=[attempt, int(result.state), result.SerializeToString(), self.retention],
-                         client=pipe)
+            await self._finish(keys=[self.tasks_key(b), self.meta_key(b), self.events_key(b)],
+                               args=[i, attempt, int(result.state), result.SerializeToString(), self.retention],
+                               client=pipe)
         return [bool(x) for x in await pipe.execute()]
 
     async def next_attempts(self, attempts: list[tuple[str, int, int, bool]]) -> list[int]:
@@ -299,12 +317,12 @@ class BatchStore:
             return []
         pipe = self.r.pipeline(transaction=False)
         for b, i, a, keep in attempts:
-            await self._next(keys=[self.task_key(b, i)], args=[a, int(keep)], client=pipe)
+            await self._next(keys=[self.tasks_key(b)], args=[i, a, int(keep)], client=pipe)
         return [int(x) for x in await pipe.execute()]
 
     async def retire(self, batch_id: str, index: int, attempt: int) -> int:
         """A raced attempt failed: the number of attempts still live (-1: task already final)."""
-        return int(await self._retire(keys=[self.task_key(batch_id, index)], args=[attempt]))
+        return int(await self._retire(keys=[self.tasks_key(batch_id)], args=[index, attempt]))
 
     async def sealed_tokens(self, batch_id: str) -> dict[str, bytes]:
         raw = await self.r.hgetall(self.creds_key(batch_id))
@@ -324,10 +342,9 @@ class BatchStore:
         meta = await self.meta(batch_id)
         if meta is None:
             return None
-        pipe = self.r.pipeline(transaction=False)
-        for i in range(meta.total):
-            pipe.hmget(self.task_key(batch_id, i), "st", "att", "fn")
-        rows = await pipe.execute()
+        names = [f"{i}:{f}" for i in range(meta.total) for f in ("st", "att", "fn")]
+        values = await self.r.hmget(self.tasks_key(batch_id), names) if names else []
+        rows = [values[k:k + 3] for k in range(0, len(values), 3)]
         status = pb.BatchStatus(batch_id=batch_id, total=meta.total, done=meta.done, closed=meta.closed)
         counters = {pb.QUEUED: "queued", pb.RUNNING: "running", pb.SUCCEEDED: "succeeded",
                     pb.FAILED: "failed", pb.CANCELLED: "cancelled"}
@@ -343,10 +360,8 @@ class BatchStore:
         meta = await self.meta(batch_id)
         if meta is None:
             return []
-        pipe = self.r.pipeline(transaction=False)
-        for i in range(meta.total):
-            pipe.hget(self.task_key(batch_id, i), "st")
-        states = await pipe.execute()
+        names = [f"{i}:st" for i in range(meta.total)]
+        states = await self.r.hmget(self.tasks_key(batch_id), names) if names else []
         return [i for i, st in enumerate(states) if st is not None and int(st) not in FINAL_STATES]
 
     async def events(self, batch_id: str, after: str = "", *, block_ms: int = 1000,
