@@ -53,6 +53,7 @@ async def test_client_that_disconnects_without_close_cancels_its_session(client)
     events = session.events()
     first = await anext(events)
     batch_id = first.batch_id
+    assert (await anext(events)).HasField("task_accepted")
     session.abort()
     for _ in range(100):
         status = await client.status(batch_id)
