@@ -60,6 +60,7 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
     def __init__(self, service: BatchService, keys: ApiKeys) -> None:
         self.service = service
         self.keys = keys
+        self._cleanups: set[asyncio.Task] = set()
 
     async def SubmitBatch(self, request, context):
         caller = await authenticate(self.keys, context, "client")
@@ -105,10 +106,8 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
                 failure.append(exc)
                 await self.service.close_session(batch_id)
                 closed.set()
-            except BaseException as exc:  # noqa: BLE001 - reported to the response side
+            except Exception as exc:  # the request stream broke: the client is gone (see finally)
                 failure.append(exc)
-                closed.set()
-                raise
 
         reader = asyncio.create_task(read_tasks())
         metrics.CLIENT_STREAMS.inc()
@@ -125,8 +124,11 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
                 with contextlib.suppress(BaseException):
                     await reader
             if not closed.is_set():
-                with contextlib.suppress(Exception):
-                    await self._abandon(caller, batch_id, first.open)
+                # This task is being cancelled (the client left): finish the job in a task of
+                # its own, which a second cancellation of this one can't interrupt.
+                cleanup = asyncio.create_task(self._abandon(caller, batch_id, first.open))
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
 
     async def _abandon(self, caller, batch_id: str, open_msg: pb.StreamOpen) -> None:
         """A session left without `close`: cancel it, or let it run if the client asked."""

@@ -26,10 +26,9 @@ from imagemesh.config import parse_mapping
 from imagemesh.credentials import Sealer
 from imagemesh.leases import LeaseBook
 from imagemesh.v1 import imagemesh_pb2 as pb
-from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 from imagemesh.v1 import worker_pb2 as wpb
-from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
 
+from . import wire
 from .admin import MeshAdminServicer
 from .api import ImageMeshServicer
 from .batches import BatchStore
@@ -121,12 +120,13 @@ class Gateway:
             ("grpc.max_connection_age_ms", 30 * 60 * 1000),
             ("grpc.max_connection_age_grace_ms", int(self.s.max_job_runtime * 1000) + 60_000),
         ])
-        pb_grpc.add_ImageMeshServicer_to_server(ImageMeshServicer(self.service, self.keys), self.server)
-        pb_grpc.add_MeshAdminServicer_to_server(
-            MeshAdminServicer(self.dispatcher, self.routing, self.leases, self.keys, gateway_id=self.id), self.server)
-        wpb_grpc.add_WorkerLinkServicer_to_server(
-            WorkerLinkServicer(self.dispatcher, self.keys, gateway_id=self.id,
-                               heartbeat_interval=self.s.heartbeat_interval), self.server)
+        services = pb.DESCRIPTOR.services_by_name
+        wire.add_servicer(self.server, ImageMeshServicer(self.service, self.keys), services["ImageMesh"], pb)
+        wire.add_servicer(self.server, MeshAdminServicer(self.dispatcher, self.routing, self.leases, self.keys,
+                                                         gateway_id=self.id), services["MeshAdmin"], pb)
+        wire.add_servicer(self.server, WorkerLinkServicer(self.dispatcher, self.keys, gateway_id=self.id,
+                                                          heartbeat_interval=self.s.heartbeat_interval),
+                          wpb.DESCRIPTOR.services_by_name["WorkerLink"], wpb)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (pb.DESCRIPTOR.services_by_name["ImageMesh"].full_name,
