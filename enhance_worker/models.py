@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -51,6 +50,7 @@ from gfpgan.utils import GFPGANer  # noqa: E402
 from realesrgan import RealESRGANer  # noqa: E402
 
 from . import weights  # noqa: E402
+from .job import Enhanced, EnhanceOptions  # noqa: E402
 
 log = logging.getLogger("imagemesh.enhance.models")
 
@@ -163,21 +163,6 @@ class FaceRestorer(GFPGANer):
             2, face_size=512, crop_ratio=(1, 1), det_model="retinaface_resnet50", save_ext="png",
             use_parse=True, device=device, model_rootpath=str(weights_dir))
         self.face_helper.face_parse = GuardedNet(self.face_helper.face_parse)
-
-
-@dataclass(frozen=True)
-class EnhanceOptions:
-    upscale: int = 2                # 1, 2 or 4
-    restore_faces: bool = False
-    fidelity: float = 0.0           # 0..1, see FaceHelper
-    only_center_face: bool = False
-
-
-@dataclass
-class Enhanced:
-    image: np.ndarray               # BGR uint8
-    model: str                      # e.g. "GFPGANv1.4+RealESRGAN_x2plus"
-    faces: int                      # faces restored
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -84,6 +84,12 @@ ENHANCE_GPU_MEMORY = Gauge(
 ENHANCE_OOM_RETRIES = Counter(
     "imagemesh_enhance_oom_retries_total", "Images retried with smaller tiles after out-of-memory.",
     ["device"])
+ENHANCE_COST_IN_USE = Gauge(
+    "imagemesh_enhance_admitted_cost", "Cost (megapixels x upscale^2) of the images admitted now.", ["device"])
+ENHANCE_COST_BUDGET = Gauge(
+    "imagemesh_enhance_cost_budget", "The worker's admission budget (megapixels x upscale^2).", ["device"])
+ENHANCE_WAITING = Gauge(
+    "imagemesh_enhance_admission_waiting", "Images waiting for admission within this worker.", ["device"])
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> int:

@@ -1,0 +1,43 @@
+"""The enhance worker's settings (each one a flag and an IMAGEMESH_* variable: see `--help`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imagemesh.config import CommonSettings, setting
+
+
+@dataclass
+class EnhanceSettings(CommonSettings):
+    """ImageMesh enhance worker: GFPGAN face restoration and Real-ESRGAN upscaling, models resident."""
+
+    # -- the worker runtime (same meaning as the generation worker's) ---------------------------
+    gateway: str = setting("127.0.0.1:50051", "Gateway address to dial (a headless Service name reaches every replica)")
+    api_key: str = setting("", "This worker's key (role worker)")
+    worker_id: str = setting("", "Name shown in ListWorkers (default: host-pid)")
+    capacity: int = setting(2, "Tasks held at once. Inference runs one image at a time; 2 keeps the model busy "
+                               "while the next image is fetched and decoded. More only queues work here that "
+                               "another worker could take")
+    health_port: int = setting(8081, "Port of the gRPC health service (0: a free port; -1: off)")
+    drain_seconds: float = setting(120.0, "Grace for in-flight work on SIGTERM (an image can take a minute on a CPU)")
+    heartbeat_interval: float = setting(2.0, "Seconds between heartbeats")
+
+    # -- the models ----------------------------------------------------------------------------
+    weights_dir: str = setting("weights", "Directory holding the weight files (`make weights` fills it)")
+    device: str = setting("", "torch device: '' picks cuda when available, else cpu; or cpu, cuda, cuda:1")
+    half: str = setting("auto", "fp16 for Real-ESRGAN: auto (on CUDA only), on, off")
+    torch_threads: int = setting(0, "CPU threads torch may use (0: torch's default)")
+    max_faces: int = setting(8, "Faces restored per image at most (highest detection scores first)")
+    fallback: bool = setting(False, "Run the labelled `lanczos-fallback` (OpenCV Lanczos resize, no faces) instead of the models")
+    fallback_if_no_weights: bool = setting(False, "Use `lanczos-fallback` when a weight file is missing (demos); otherwise a missing file stops the worker")
+
+    # -- admission and limits --------------------------------------------------------------------
+    max_input_megapixels: float = setting(16.0, "Largest input accepted, in megapixels (larger fails INVALID_INPUT)")
+    max_side: int = setting(8192, "Longest input side accepted, in pixels")
+    max_input_bytes: int = setting(32 * 1024 * 1024, "Largest encoded input (bytes, or fetched from image_url)")
+    cost_budget: float = setting(16.0, "Admitted work at once, in megapixels x upscale^2; the rest waits")
+    tile_cost: float = setting(0.0, "Largest Real-ESRGAN pass without tiling, in output megapixels (0: 4 on CUDA, 2 on CPU); "
+                                    "larger images are tiled to this size")
+    oom_retries: int = setting(3, "Retries of an image with halved tiles after the device ran out of memory")
+    allow_private_urls: bool = setting(False, "Let image_url fetch from private/loopback addresses (tests, private deployments)")
+    jpeg_quality: int = setting(92, "JPEG quality of jpg outputs")
