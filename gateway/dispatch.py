@@ -162,15 +162,14 @@ class Dispatcher:
                     continue
                 wake.clear()
                 ready = [q for q in self._known_queues[name] if q not in self._blocked]
-                entries = []
+                found = 0
                 if ready:
                     per_queue = max(1, min(self.s.read_batch, pool.credits) // len(ready))
-                    entries = await self.queues.read(ready, per_queue)
-                if not entries:
+                    found = await self._take(ready, per_queue)
+                if not found:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(wake.wait(), 0.5)
                     continue
-                await self._admit(entries)
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -183,35 +182,88 @@ class Dispatcher:
                 log.exception("pool %s: dispatch loop error", name)
                 await asyncio.sleep(0.5)
 
-    async def _admit(self, entries: list[Entry]) -> None:
+    async def _take(self, ready: list[QueueName], per_queue: int) -> int:
+        """Read up to `per_queue` entries from each ready queue and start them. A limited key's
+        entries are read only once its leases are held: until then they stay in the stream (so
+        queue depth is exact and this gateway holds nothing it can't start)."""
+        plain = [q for q in ready if not self.routing.is_leased_key(q.key_id)]
+        limited = [q for q in ready if self.routing.is_leased_key(q.key_id)]
+        entries = await self.queues.read(plain, per_queue) if plain else []
+        leased: list[tuple[Entry, object]] = []
+        if limited:
+            lags = await self.queues.lags(limited)
+            for q in limited:
+                want = min(per_queue, lags.get(q, 0))
+                if want <= 0:
+                    continue
+                leases = await self.leases.try_acquire(q.key_id, want)
+                if not leases:
+                    self._wait_for_leases(q, want)
+                    continue
+                leased += await self._read_leased(q, leases)
+        await self._admit(entries, leased)
+        return len(entries) + len(leased)
+
+    async def _read_leased(self, q: QueueName, leases: list) -> list[tuple[Entry, object]]:
+        """Entries for leases already held; leases left over (another gateway was faster) go back."""
+        entries = await self.queues.read([q], len(leases))
+        if len(entries) < len(leases):
+            await self.leases.release(leases[len(entries):])
+        return list(zip(entries, leases))
+
+    def _wait_for_leases(self, queue: QueueName, want: int) -> None:
+        """Wait in the key's FIFO line (a ticket in Redis) without holding up other keys."""
+        self._blocked.add(queue)
+
+        async def wait() -> None:
+            try:
+                leases = await self.leases.acquire(queue.key_id, want)
+                await self._admit([], await self._read_leased(queue, leases))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("waiting for a lease on %s failed", queue.key_id)
+                await asyncio.sleep(0.5)
+            finally:
+                self._blocked.discard(queue)
+                self.wake(queue.pool)
+
+        t = asyncio.create_task(wait(), name=f"lease-wait-{queue.key_id}")
+        self._waiters.add(t)
+        t.add_done_callback(self._waiters.discard)
+
+    async def _admit(self, entries: list[Entry], leased: list[tuple[Entry, object]]) -> None:
+        """Start what was read: drop entries whose task is over, send the rest to workers."""
+        now = time.monotonic()
         attempts: list[Attempt] = []
         dead: list[Entry] = []
-        for e in entries:
+        spare = []
+        for e, lease in [(e, None) for e in entries] + leased:
             try:
-                attempts.append(self._attempt(e))
+                a = self._attempt(e)
             except Exception:
                 log.exception("undecodable queue entry %s in %s", e.entry_id, e.queue)
                 dead.append(e)
+                if lease is not None:
+                    spare.append(lease)
+                continue
+            if lease is not None:
+                a.lease, a.leased_at = lease, now
+                a.read_at = getattr(lease, "requested_at", now)
+            attempts.append(a)
         live = await self.batches.start_many([(a.entry.batch_id, a.entry.index, a.entry.attempt) for a in attempts])
         runnable = [a for a, ok in zip(attempts, live) if ok]
-        dead += [a.entry for a, ok in zip(attempts, live) if not ok]
+        for a, ok in zip(attempts, live):
+            if not ok:
+                dead.append(a.entry)
+                if a.lease is not None:
+                    spare.append(a.lease)
+        if spare:
+            await self.leases.release(spare)
         await self.queues.ack(dead)
-        by_key: dict[str, list[Attempt]] = {}
         for a in runnable:
             self.inflight[a.attempt_id] = a
-            by_key.setdefault(a.key_id, []).append(a)
-        ready: list[Attempt] = []
-        for key_id, group in by_key.items():
-            if not self.routing.is_leased(group[0].provider):
-                ready += group
-                continue
-            leases = await self.leases.try_acquire(key_id, len(group))
-            for a, lease in zip(group, leases):
-                a.lease, a.leased_at = lease, time.monotonic()
-            ready += group[: len(leases)]
-            if len(leases) < len(group):
-                self._wait_for_leases(key_id, group[len(leases):])
-        await self._assign(ready)
+        await self._assign(runnable)
 
     def _attempt(self, e: Entry) -> Attempt:
         task = pb.Task.FromString(e.task)
@@ -219,32 +271,6 @@ class Dispatcher:
         provider = self.routing.provider_at(task, e.provider_index) if pool == "generate" else ""
         queue = QueueName.parse(e.queue)
         return Attempt(entry=e, task=task, pool=pool, provider=provider, key_id=queue.key_id)
-
-    def _wait_for_leases(self, key_id: str, waiting: list[Attempt]) -> None:
-        queue = QueueName.parse(waiting[0].entry.queue)
-        self._blocked.add(queue)
-
-        async def wait() -> None:
-            try:
-                rest = waiting
-                while rest:
-                    leases = await self.leases.acquire(key_id, len(rest))
-                    now = time.monotonic()
-                    for a, lease in zip(rest, leases):
-                        a.lease, a.leased_at = lease, now
-                    got, rest = rest[: len(leases)], rest[len(leases):]
-                    await self._assign(got)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("waiting for a lease on %s failed; the entries will be claimed again", key_id)
-            finally:
-                self._blocked.discard(queue)
-                self.wake(queue.pool)
-
-        t = asyncio.create_task(wait(), name=f"lease-wait-{key_id}")
-        self._waiters.add(t)
-        t.add_done_callback(self._waiters.discard)
 
     # -- sending ---------------------------------------------------------------------------------
     async def _assign(self, attempts: list[Attempt]) -> None:

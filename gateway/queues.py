@@ -164,24 +164,40 @@ class TaskQueues:
             return []
         return [self._entry(key, eid, f) for eid, f in reply[1] if f]
 
+    async def _groups(self, queues: list[QueueName]) -> dict[QueueName, dict]:
+        """XINFO GROUPS of each queue's group, with `lag` filled in where Redis can't tell it
+        (entries deleted past the group's last read one): then stream length minus pending, an
+        upper bound, so a queue is never taken for empty when it is not."""
+        pipe = self.r.pipeline(transaction=False)
+        for q in queues:
+            pipe.xinfo_groups(q.redis_key(self.prefix))
+            pipe.xlen(q.redis_key(self.prefix))
+        replies = await pipe.execute(raise_on_error=False)
+        out = {}
+        for q, info, length in zip(queues, replies[0::2], replies[1::2]):
+            if isinstance(info, Exception) or not info:
+                continue
+            group = next((g for g in info if g["name"] in (GROUP, GROUP.encode())), None)
+            if group is not None:
+                if group.get("lag") is None and not isinstance(length, Exception):
+                    group["lag"] = max(0, int(length) - int(group.get("pending") or 0))
+                out[q] = group
+        return out
+
+    async def lags(self, queues: list[QueueName]) -> dict[QueueName, int]:
+        """Entries not yet read by any gateway, per queue (one round trip)."""
+        return {q: int(g["lag"] or 0) for q, g in (await self._groups(queues)).items()}
+
     async def depth(self, queues: list[QueueName]) -> dict[QueueName, tuple[int, float]]:
         """(tasks not yet read by any gateway, age in seconds of the oldest of them) per queue."""
         if not queues:
             return {}
-        pipe = self.r.pipeline(transaction=False)
-        for q in queues:
-            pipe.xinfo_groups(q.redis_key(self.prefix))
-        infos = await pipe.execute(raise_on_error=False)
+        groups = await self._groups(queues)
         out: dict[QueueName, tuple[int, float]] = {}
         pipe = self.r.pipeline(transaction=False)
         asked: list[QueueName] = []
-        for q, info in zip(queues, infos):
-            if isinstance(info, Exception) or not info:
-                continue
-            group = next((g for g in info if g["name"] in (GROUP, GROUP.encode())), None)
-            if group is None:
-                continue
-            lag = int(group.get("lag") or 0)
+        for q, group in groups.items():
+            lag = int(group["lag"] or 0)
             out[q] = (lag, 0.0)
             if lag:
                 last = group["last-delivered-id"]
@@ -195,3 +211,4 @@ class TaskQueues:
                     oldest = int(rows[0][0].decode().split("-", 1)[0])
                     out[q] = (out[q][0], max(0.0, (now_ms - oldest) / 1000))
         return out
+

@@ -106,6 +106,9 @@ class Routing:
     def is_leased(self, provider: str) -> bool:
         return bool(provider) and self.s.limits.get(provider, 0) > 0
 
+    def is_leased_key(self, key_id: str) -> bool:
+        return key_id != ENHANCE_KEY and self.is_leased(key_id.split(":", 1)[0])
+
     def default_limit(self, key_id: str) -> int:
         return self.s.limits.get(key_id.split(":", 1)[0], 0)
 
