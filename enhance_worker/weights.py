@@ -101,7 +101,7 @@ def sha256_of(path: Path) -> str:
 
 # -- download ------------------------------------------------------------------------------------
 def download(weights_dir: str | os.PathLike, *, allow_unverified: bool = False,
-             timeout: float = 60.0, log=print) -> list[Path]:
+             timeout: float = 60.0, log=print, files: tuple[WeightFile, ...] = WEIGHTS) -> list[Path]:
     """Fetch every missing or unverified file into `weights_dir` (via `name.part`, then rename).
 
     A file already present with the right digest is kept. `allow_unverified` accepts a file
@@ -114,7 +114,7 @@ def download(weights_dir: str | os.PathLike, *, allow_unverified: bool = False,
     (root / RANDOM_MARKER).unlink(missing_ok=True)
     done: list[Path] = []
     with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(timeout, connect=15.0)) as client:
-        for w in WEIGHTS:
+        for w in files:
             target = root / w.name
             if target.is_file() and w.sha256 and sha256_of(target) == w.sha256:
                 log(f"{w.name}: present, sha256 ok")
