@@ -10,18 +10,20 @@ from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 
 from .api import authenticate, translated
 from .dispatch import Dispatcher
+from .registry import WorkerRegistry
 from .routing import Routing
 
 MAX_LIMIT = 10_000
 
 
 class MeshAdminServicer(pb_grpc.MeshAdminServicer):
-    def __init__(self, dispatcher: Dispatcher, routing: Routing, leases, keys: ApiKeys, *, gateway_id: str) -> None:
+    def __init__(self, dispatcher: Dispatcher, routing: Routing, leases, keys: ApiKeys,
+                 registry: WorkerRegistry) -> None:
         self.dispatcher = dispatcher
+        self.registry = registry
         self.routing = routing
         self.leases = leases
         self.keys = keys
-        self.gateway_id = gateway_id
 
     async def _key_info(self, key_id: str) -> pb.KeyInfo:
         provider = key_id.split(":", 1)[0]
@@ -62,13 +64,12 @@ class MeshAdminServicer(pb_grpc.MeshAdminServicer):
 
     async def ListWorkers(self, request, context):
         await authenticate(self.keys, context, "admin")
-        out = pb.ListWorkersResponse()
-        for pool in self.dispatcher.pools.values():
-            for w in pool.workers.values():
-                out.workers.add(worker_id=w.worker_id, pool=w.pool, capacity=w.capacity,
-                                in_flight=len(w.in_flight), gateway=self.gateway_id, device=w.device,
-                                connected_ms=int(w.connected_at * 1000), draining=w.draining)
-        return out
+        async with translated(context):
+            workers = await self.registry.all()
+        mine = {w.worker_id for w in workers}
+        # This gateway's own workers even if its last publication is not in Redis yet.
+        workers += [w for w in self.registry.local(list(self.dispatcher.pools.values())) if w.worker_id not in mine]
+        return pb.ListWorkersResponse(workers=sorted(workers, key=lambda w: (w.pool, w.worker_id)))
 
     async def ListProviders(self, request, context):
         await authenticate(self.keys, context, "admin")

@@ -34,6 +34,7 @@ from .api import ImageMeshServicer
 from .batches import BatchStore
 from .dispatch import Dispatcher, DispatchSettings
 from .queues import TaskQueues
+from .registry import WorkerRegistry
 from .routing import Routing, RoutingSettings
 from .service import BatchService
 from .settings import GatewaySettings
@@ -101,10 +102,12 @@ class Gateway:
             limits=Limits(max_batch_tasks=settings.max_batch_tasks,
                           max_queued_per_tenant=settings.max_queued_per_tenant,
                           max_queued_bytes_per_tenant=settings.max_queued_bytes_per_tenant))
+        self.registry = WorkerRegistry(self.redis, gateway_id=self.id, prefix=p)
         self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._listener: asyncio.Task | None = None
+        self._publisher: asyncio.Task | None = None
 
     async def start(self) -> int:
         mb = self.s.max_message_bytes
@@ -123,7 +126,7 @@ class Gateway:
         services = pb.DESCRIPTOR.services_by_name
         wire.add_servicer(self.server, ImageMeshServicer(self.service, self.keys), services["ImageMesh"], pb)
         wire.add_servicer(self.server, MeshAdminServicer(self.dispatcher, self.routing, self.leases, self.keys,
-                                                         gateway_id=self.id), services["MeshAdmin"], pb)
+                                                         self.registry), services["MeshAdmin"], pb)
         wire.add_servicer(self.server, WorkerLinkServicer(self.dispatcher, self.keys, gateway_id=self.id,
                                                           heartbeat_interval=self.s.heartbeat_interval),
                           wpb.DESCRIPTOR.services_by_name["WorkerLink"], wpb)
@@ -140,6 +143,7 @@ class Gateway:
         await self.leases.start()
         await self.dispatcher.start()
         self._listener = asyncio.create_task(self._listen())
+        self._publisher = asyncio.create_task(self._publish_workers())
         await self.server.start()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -169,6 +173,12 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
+    async def _publish_workers(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.registry.publish(list(self.dispatcher.pools.values()))
+            await asyncio.sleep(1.0)
+
     async def drain(self) -> None:
         """SIGTERM: NOT_SERVING first, then finish or hand back the work, then stop."""
         log.info("draining (grace %.0fs)", self.s.drain_seconds)
@@ -180,10 +190,11 @@ class Gateway:
         if self.server is not None:
             await self.server.stop(grace)
         await self.dispatcher.stop()
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(BaseException):
-                await self._listener
+        for task in (self._listener, self._publisher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         with contextlib.suppress(Exception):
             await self.leases.aclose()
         await self.redis.aclose()

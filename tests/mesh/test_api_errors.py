@@ -67,3 +67,22 @@ async def test_get_watch_and_resubmit_by_batch_id(client):
     cursor = first[2].cursor
     replay = [e async for e in client.watch("batch-resubmit-1", cursor)]
     assert [e.cursor for e in replay] == [e.cursor for e in first[3:]]
+
+
+async def test_list_workers_shows_every_replicas_workers(mesh_factory):
+    import asyncio
+
+    from tests.processes import ADMIN_KEY
+
+    m = mesh_factory(IMAGEMESH_CAPACITY="3")
+    g1, g2 = m.start_gateway(), m.start_gateway()
+    m.start_worker(gateway=g1)
+    m.start_worker(gateway=g2)
+    async with Client(g1.values["GATEWAY"], ADMIN_KEY) as admin:
+        for _ in range(50):
+            workers = (await admin.workers()).workers
+            if len(workers) == 2:
+                break
+            await asyncio.sleep(0.1)
+    assert sorted(w.worker_id for w in workers) == ["gen_worker-0", "gen_worker-1"]
+    assert {w.capacity for w in workers} == {3} and len({w.gateway for w in workers}) == 2
