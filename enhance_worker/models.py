@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +44,10 @@ compat.install()
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from basicsr.archs.rrdbnet_arch import RRDBNet  # noqa: E402
+with warnings.catch_warnings():
+    # basicsr imports scipy.ndimage.filters (deprecated) at import time; nothing we can change.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from basicsr.archs.rrdbnet_arch import RRDBNet  # noqa: E402
 from facexlib.utils.face_restoration_helper import FaceRestoreHelper  # noqa: E402
 from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean  # noqa: E402
 from gfpgan.utils import GFPGANer  # noqa: E402
@@ -200,7 +204,10 @@ class EnhanceModels:
         root = weights.check(Path(weights_dir).resolve())
         dev = device if isinstance(device, torch.device) else pick_device(device)
         use_half = (dev.type == "cuda") if half is None else (half and dev.type == "cuda")
-        restorer = FaceRestorer(root, dev)
+        with warnings.catch_warnings():
+            # facexlib builds its ResNet-50 with torchvision's deprecated `pretrained=False`.
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision.models._utils")
+            restorer = FaceRestorer(root, dev)
         upsamplers = {}
         for scale, wf in ((2, weights.REALESRGAN_X2), (4, weights.REALESRGAN_X4)):
             up = RealESRGANer(scale=scale, model_path=str(root / wf.name), model=realesrgan_network(scale),
