@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,11 +167,15 @@ def write_random(weights_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     (root / RANDOM_MARKER).write_text(
         "These weights are RANDOM (python -m enhance_worker.weights random): outputs are noise of "
         "the right size. Run `make weights` for the real ones.\n")
+    with warnings.catch_warnings():
+        # facexlib builds its ResNet-50 with torchvision's deprecated `pretrained=False`.
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision.models._utils")
+        detector = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
     nets = {
         GFPGAN.name: {"params_ema": gfpgan_network().state_dict()},
         REALESRGAN_X2.name: {"params_ema": realesrgan_network(2).state_dict()},
         REALESRGAN_X4.name: {"params_ema": realesrgan_network(4).state_dict()},
-        DETECTOR.name: RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu")).state_dict(),
+        DETECTOR.name: detector.state_dict(),
         PARSER.name: ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict(),
     }
     for name, payload in nets.items():
