@@ -213,14 +213,17 @@ local function drop(id)
   return 0
 end
 
--- ms until something time-based may free a slot (a hard end, the quarantine's end), or -1
+-- ms until something time-based may serve a waiter (a hard end, a dead waiter's ticket
+-- expiring, the quarantine's end), or -1
 local function hint(qu)
   local h = -1
   if qu > now then h = qu - now end
-  local first = redis.call('ZRANGE', ends, 0, 0, 'WITHSCORES')
-  if first[2] then
-    local e = tonumber(first[2]) - now
-    if h < 0 or e < h then h = e end
+  for _, z in ipairs({ends, tickets}) do
+    local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local e = tonumber(first[2]) - now
+      if h < 0 or e < h then h = e end
+    end
   end
   return h
 end
