@@ -164,7 +164,7 @@ class TaskQueues:
             return []
         return [self._entry(key, eid, f) for eid, f in reply[1] if f]
 
-    async def _groups(self, queues: list[QueueName]) -> dict[QueueName, dict]:
+    async def _group_info(self, queues: list[QueueName]) -> dict[QueueName, dict]:
         """XINFO GROUPS of each queue's group, with `lag` filled in where Redis can't tell it
         (entries deleted past the group's last read one): then stream length minus pending, an
         upper bound, so a queue is never taken for empty when it is not."""
@@ -186,13 +186,13 @@ class TaskQueues:
 
     async def lags(self, queues: list[QueueName]) -> dict[QueueName, int]:
         """Entries not yet read by any gateway, per queue (one round trip)."""
-        return {q: int(g["lag"] or 0) for q, g in (await self._groups(queues)).items()}
+        return {q: int(g["lag"] or 0) for q, g in (await self._group_info(queues)).items()}
 
     async def depth(self, queues: list[QueueName]) -> dict[QueueName, tuple[int, float]]:
         """(tasks not yet read by any gateway, age in seconds of the oldest of them) per queue."""
         if not queues:
             return {}
-        groups = await self._groups(queues)
+        groups = await self._group_info(queues)
         out: dict[QueueName, tuple[int, float]] = {}
         pipe = self.r.pipeline(transaction=False)
         asked: list[QueueName] = []

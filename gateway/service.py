@@ -78,7 +78,8 @@ class BatchService:
 
     # -- preparing tasks -----------------------------------------------------------------------
     def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str]) -> Prepared:
-        p = Prepared(index, pb.Task())
+        p = Prepared(index, task)
+        p.task = pb.Task()
         p.task.CopyFrom(task)
         p.task.output_filename = filenames.sanitize(task.output_filename, default=f"task_{index}")
         try:

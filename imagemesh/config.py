@@ -57,7 +57,8 @@ def load(cls: type[T], argv: list[str] | None = None, *, prog: str | None = None
             except ValueError as exc:
                 parser.error(f"{env}: {exc}")
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, type=convert, default=default,
+        extra = {"nargs": "?", "const": True} if hints[f.name] is bool else {}
+        parser.add_argument(flag, dest=f.name, type=convert, default=default, **extra,
                             help=f"{f.metadata.get('help', '')} [env {env}]")
     args = parser.parse_args(argv)
     return cls(**vars(args))

@@ -44,3 +44,11 @@ async def client(mesh):
 async def admin(mesh):
     async with Client(mesh.address, ADMIN_KEY) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory):
+    """Randomly initialised weights in the exact formats the loaders read (not trained models)."""
+    from enhance_worker.weights import write_random
+
+    return write_random(tmp_path_factory.mktemp("weights"))

@@ -73,3 +73,9 @@ def test_credential_tiers():
                          allow_server_tokens=False) is None
     assert resolve_token("replicate", is_admin=False, request_tokens={}, server_tokens=server,
                          allow_server_tokens=True) == "server-token"
+
+
+def test_boolean_flags_work_bare_or_with_a_value():
+    assert load(GatewaySettings, ["--allow-server-tokens"]).allow_server_tokens is True
+    assert load(GatewaySettings, ["--allow-server-tokens", "false"]).allow_server_tokens is False
+    assert load(GatewaySettings, []).allow_server_tokens is False
