@@ -82,7 +82,8 @@ class Gateway:
         self.pubsub_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0)
         p = settings.redis_prefix
         self.routing = Routing(routing_settings(settings), self.sealer)
-        self.leases = LeaseBook(self.redis, holder=self.id, prefix=p, ttl=settings.lease_ttl,
+        self.leases = LeaseBook(self.redis, holder=self.id, prefix=p,
+                                ttl=settings.lease_ttl, margin=min(2.0, settings.lease_ttl / 4),
                                 max_job_runtime=settings.max_job_runtime,
                                 default_limit=self.routing.default_limit)
         self.batches = BatchStore(self.redis, prefix=p, retention=settings.retention)

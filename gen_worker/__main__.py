@@ -9,7 +9,7 @@ import sys
 
 import httpx
 
-from imagemesh.config import load
+from imagemesh.config import load, parse_mapping
 from imagemesh.process import announce, configure_logging, serve_metrics, stop_signal
 from imagemesh.worker import HealthServer, WorkerRuntime
 
@@ -29,7 +29,8 @@ async def amain(s: WorkerSettings) -> int:
     providers["replicate"].prefer_wait = max(0, min(60, s.replicate_prefer_wait))
     providers["local"] = LocalProvider(latency=s.local_latency_ms / 1000)
     executor = GenerateExecutor(providers, policy=RetryPolicy(max_tries=s.max_tries), http=http,
-                                inline_max_bytes=s.inline_max_bytes, allow_private_urls=s.allow_private_urls)
+                                inline_max_bytes=s.inline_max_bytes, allow_private_urls=s.allow_private_urls,
+                                default_models=parse_mapping(s.default_models))
     runtime = WorkerRuntime(gateway=s.gateway, pool="generate", capacity=s.capacity, executor=executor,
                             worker_id=s.worker_id or f"gen-{socket.gethostname()}-{os.getpid()}",
                             api_key=s.api_key, device="remote", providers=tuple(providers),

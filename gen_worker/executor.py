@@ -26,8 +26,10 @@ from .retry import RetryPolicy, with_retries
 
 class GenerateExecutor:
     def __init__(self, providers: dict[str, Provider], *, policy: RetryPolicy,
-                 http: httpx.AsyncClient, inline_max_bytes: int, allow_private_urls: bool) -> None:
+                 http: httpx.AsyncClient, inline_max_bytes: int, allow_private_urls: bool,
+                 default_models: dict[str, str] | None = None) -> None:
         self.providers = providers
+        self.default_models = default_models or {}
         self.policy = policy
         self.http = http
         self.inline_max_bytes = inline_max_bytes
@@ -38,7 +40,8 @@ class GenerateExecutor:
         if provider is None:
             return failed(a, Unavailable(f"this worker has no adapter for provider {a.provider!r}"))
         spec = a.generate
-        request = GenerateRequest(prompt=spec.prompt, model=spec.model, num_outputs=max(1, spec.num_outputs),
+        model = spec.model or self.default_models.get(a.provider, "")
+        request = GenerateRequest(prompt=spec.prompt, model=model, num_outputs=max(1, spec.num_outputs),
                                   inputs=MessageToDict(spec.input) if spec.HasField("input") else {})
         budget = a.budget_ms / 1000 if a.budget_ms > 0 else 600.0
         deadline = time.monotonic() + budget
@@ -54,7 +57,7 @@ class GenerateExecutor:
         return wpb.AttemptResult(
             attempt_id=a.attempt_id, task_id=a.task_id, attempt=a.attempt, fence=a.fence,
             state=pb.SUCCEEDED, provider=a.provider, tries=tries, device="remote",
-            model=LOCAL_MODEL if a.provider == "local" else spec.model,
+            model=LOCAL_MODEL if a.provider == "local" else model,
             files=[self._file(a.output_filename, o, i, len(outputs)) for i, o in enumerate(outputs)])
 
     @staticmethod

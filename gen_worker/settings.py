@@ -23,6 +23,8 @@ class WorkerSettings(CommonSettings):
     fal_base_url: str = setting("https://queue.fal.run", "fal queue API base URL")
     openai_base_url: str = setting("https://api.openai.com", "OpenAI-style images API base URL")
     replicate_prefer_wait: int = setting(5, "Seconds Replicate may hold a create call (Prefer: wait); short so a lost race frees its slot soon")
+    default_models: str = setting("replicate=black-forest-labs/flux-schnell,fal=fal-ai/flux/schnell,openai=dall-e-3",
+                                  "Model per provider for tasks that name none (provider=model,...)")
     max_tries: int = setting(4, "Provider calls per attempt (retries of retryable errors included)")
     inline_max_bytes: int = setting(20 * 1024 * 1024, "Largest output fetched for inline_outputs")
     allow_private_urls: bool = setting(False, "Let inline_outputs fetch from private/loopback addresses (tests, private deployments)")
