@@ -17,8 +17,11 @@ Redis layout, all of one key under one hash tag so the scripts run on Redis Clus
     {p}:lease:{K}:gone     zset   ticket -> until (ms): tombstones of cancelled acquires
     {p}:lease:keys         set    every key id seen (for listings; outside the hash tag)
 
-Waiting is FIFO across processes: a waiter holds a *ticket*; a slot goes to the oldest ticket
-first (a ticket asking for n slots is served as soon as one is free; it takes up to n). When a
+Waiting is FIFO: a process's waiters on a key line up locally, in arrival order, behind one
+*ticket* in Redis that asks for all of them; a slot goes to the oldest ticket first (a ticket
+asking for n is served as soon as one slot is free and takes up to n). A ticket served in part
+waits for the rest at the end of the line, so processes take turns and none starves another
+(strict per-waiter FIFO holds between processes with one waiter each). When a
 slot frees (release, a limit raised, a zombie's hard end passed, a dead waiter's ticket expired)
 the script that saw it PUBLISHes the ticket on its holder's channel
 (``{p}:lease:wake:<holder>``), and that waiter asks again at once: no sleep-polling. Waiters
@@ -87,7 +90,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
@@ -229,52 +232,56 @@ local function hint(qu)
 end
 """
 
-# ACQUIRE: grant up to n slots to ticket ARGV[5], or queue it (or, for try_acquire, nothing).
-#   ARGV[5] ticket (lease ids are "<ticket>.<i>", so a retried call is recognised)
-#   ARGV[6] n      ARGV[7] holder      ARGV[8] wake channel ('' = try only, never queue)
-#   ARGV[9] ticket ttl (ms)
+# ACQUIRE: grant up to n slots to ticket ARGV[5] (oldest tickets first), queue the rest (or,
+# for try_acquire, nothing). One ticket stands for all of one process's waiters on the key.
+#   ARGV[5] ticket  ARGV[6] n  ARGV[7] holder  ARGV[8] wake channel ('' = try only, never queue)
+#   ARGV[9] ticket ttl (ms)  ARGV[10] ask id: this call's lease ids are "<ask>.<i>", so a
+#   retried call (same ask id) gets the leases its first try was granted, not new ones
+# A ticket served in part keeps waiting for the rest at the END of the line: processes take
+# turns, none can starve another by adding waiters.
 # Returns {'granted', epoch, now_ms, id1, fence1, ...} | {'queued'|'none'|'gone', epoch, hint_ms}
 ACQUIRE = _PRELUDE + r"""
 local tk, n, holder, channel, ticket_ttl = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8], tonumber(ARGV[9])
+local ask = ARGV[10]
 local epoch, qu, limit = open(true)
 local purged = purge()
 if redis.call('ZSCORE', gone, tk) then return {'gone', epoch, -1} end
--- a retried call whose first try was granted: the same leases again, renewed
 local again = {}
-for i = 1, n do
-  local id = tk .. '.' .. i
+for i = 1, n do  -- grants number their leases from 1: stop at the first missing
+  local id = ask .. '.' .. i
   local v = redis.call('HGET', info, id)
-  if v then
-    redis.call('ZADD', held, now + ttl, id)
-    redis.call('ZADD', ends, 'GT', now + ttl, id)
-    again[#again + 1] = id
-    again[#again + 1] = string.match(v, '^(%d+)|')
-  end
+  if not v then break end
+  redis.call('ZADD', held, now + ttl, id)
+  redis.call('ZADD', ends, 'GT', now + ttl, id)
+  again[#again + 1] = id
+  again[#again + 1] = string.match(v, '^(%d+)|')
 end
-if #again > 0 then
-  dequeue(tk)
-  return {'granted', epoch, now, unpack(again)}
-end
+if #again > 0 then return {'granted', epoch, now, unpack(again)} end
 local f = free(limit, qu)
 local rank = redis.call('ZRANK', queue, tk)
 -- slots left for this ticket once every older ticket has its share (each wants >= 1)
 local ahead = rank or redis.call('ZCARD', queue)
 local avail = 0
 if f > ahead then avail = f - wanted(ahead, f) end
+local rest = n
+local out = nil
 if avail > 0 then
   local k = math.min(n, avail)
-  local was_queued = rank and dequeue(tk) == 1
-  local out = grant(tk, k, holder)
-  if (was_queued or purged > 0) and f - k > 0 then wake(f - k) end
-  return {'granted', epoch, now, unpack(out)}
+  out = grant(ask, k, holder)
+  rest = n - k
+  if rank then dequeue(tk) end
+  if (rank or purged > 0) and f - k > 0 then wake(f - k) end
+  rank = nil
+elseif purged > 0 then
+  wake(f)
 end
-if purged > 0 then wake(f) end
+if rest > 0 and channel ~= '' then
+  if not rank then redis.call('ZADD', queue, redis.call('HINCRBY', meta, 'seq', 1), tk) end
+  redis.call('HSET', wants, tk, rest .. '|' .. channel)
+  redis.call('ZADD', tickets, now + ticket_ttl, tk)
+end
+if out then return {'granted', epoch, now, unpack(out)} end
 if channel == '' then return {'none', epoch, hint(qu)} end
-if not rank then
-  redis.call('ZADD', queue, redis.call('HINCRBY', meta, 'seq', 1), tk)
-  redis.call('HSET', wants, tk, n .. '|' .. channel)
-end
-redis.call('ZADD', tickets, now + ticket_ttl, tk)
 return {'queued', epoch, hint(qu)}
 """
 
@@ -328,18 +335,20 @@ if n + purged > 0 then wake(free(limit, qu)) end
 return {epoch, n}
 """
 
-# ABANDON: a cancelled or failed acquire: tombstone its ticket (an acquire still in flight will
-# get nothing), drop the ticket and any lease it was granted, wake the next waiters.
-#   ARGV[5] ticket   ARGV[6] n   ARGV[7] tombstone ttl (ms)
+# ABANDON: a ticket nobody waits on any more: tombstone it (an acquire still in flight gets
+# nothing), drop it and any lease its last ask got, wake the next waiters.
+#   ARGV[5] ticket   ARGV[6] n   ARGV[7] tombstone ttl (ms)   ARGV[8] ask id ('' if none)
 # Returns released count
 ABANDON = _PRELUDE + r"""
-local tk, n = ARGV[5], tonumber(ARGV[6])
+local tk, n, ask = ARGV[5], tonumber(ARGV[6]), ARGV[8]
 local epoch, qu, limit = open(false)
 if not epoch then return 0 end
 redis.call('ZADD', gone, now + tonumber(ARGV[7]), tk)
 local changed = dequeue(tk)
 local released = 0
-for i = 1, n do released = released + drop(tk .. '.' .. i) end
+if ask ~= '' then
+  for i = 1, n do released = released + drop(ask .. '.' .. i) end
+end
 if changed + released + purge() > 0 then wake(free(limit, qu)) end
 return released
 """
@@ -413,6 +422,26 @@ class KeyState:
     quarantine_ms: int = 0
 
 
+_MAX_ASK = 1000  # slots one ask may request (bounds the script's loops)
+
+
+@dataclass
+class _Waiter:
+    n: int
+    requested: float
+    future: asyncio.Future
+
+
+class _Line:
+    """This process's waiters for one key, in arrival order, behind one ticket in Redis."""
+
+    def __init__(self) -> None:
+        self.waiters: deque[_Waiter] = deque()
+        self.event = asyncio.Event()
+        self.ticket = secrets.token_hex(8)
+        self.driver: asyncio.Task | None = None
+
+
 def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -449,7 +478,9 @@ class LeaseBook:
         self.channel = f"{prefix}:lease:wake:{holder}"
         self._keys_set = f"{prefix}:lease:keys"
         self._epochs: dict[str, str] = {}
-        self._waiters: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, asyncio.Event] = {}   # ticket -> its line's wake-up
+        self._lines: dict[str, _Line] = {}
+        self._closing = False
         self._cleanups: set[asyncio.Task] = set()
         self._listener: asyncio.Task | None = None
         self._subscribed = asyncio.Event()
@@ -473,6 +504,15 @@ class LeaseBook:
 
     async def aclose(self) -> None:
         """Stop listening; give pending clean-ups of cancelled acquires a moment to finish."""
+        self._closing = True
+        drivers = [line.driver for line in self._lines.values() if line.driver is not None]
+        for task in drivers:
+            task.cancel()
+        for task in drivers:
+            try:
+                await task
+            except BaseException:
+                pass
         if self._cleanups:
             await asyncio.wait(list(self._cleanups), timeout=2.0)
         for task in [self._listener, *self._cleanups]:
@@ -596,29 +636,30 @@ class LeaseBook:
         return [Lease(key_id, _text(result[i]), int(result[i + 1]), self.holder, deadline, now_ms, requested)
                 for i in range(3, len(result), 2)]
 
-    async def _ask(self, key_id: str, ticket: str, n: int, channel: str, requested: float):
+    async def _ask(self, key_id: str, ticket: str, n: int, channel: str, requested: float,
+                   ask: str | None = None):
         sent = time.monotonic()
-        result = await self._call(self._acquire, key_id,
-                                  [ticket, n, self.holder, channel, int(self.ticket_ttl * 1000)])
+        result = await self._call(self._acquire, key_id, [ticket, n, self.holder, channel,
+                                                          int(self.ticket_ttl * 1000), ask or ticket])
         await self._note(key_id, result[1])
         status = _text(result[0])
         if status == "granted":
             return status, self._leases(key_id, result, sent, requested), -1
         return status, [], int(result[2])
 
-    def _abandon(self, key_id: str, ticket: str, n: int) -> None:
-        """In the background (we may be cancelled): drop the ticket and whatever it was granted."""
+    def _abandon(self, key_id: str, ticket: str, n: int, ask: str = "") -> None:
+        """In the background (we may be cancelled): drop the ticket and what its ask got."""
         async def run() -> None:
             delay = 0.05
             end = time.monotonic() + max(self.ticket_ttl, 5.0)
             while True:
                 try:
-                    await self._call(self._abandon_s, key_id, [ticket, n, 60_000])
+                    await self._call(self._abandon_s, key_id, [ticket, n, 60_000, ask])
                     return
                 except RedisError:
                     if time.monotonic() + delay > end:
                         # the ticket expires by itself; a lease it got counts until its hard end
-                        log.warning("could not abandon an acquire on %s; it will expire", key_id)
+                        log.warning("could not abandon a lease ticket on %s; it will expire", key_id)
                         return
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
@@ -628,7 +669,7 @@ class LeaseBook:
 
     # -- the verbs ---------------------------------------------------------------------------------
     async def try_acquire(self, key_id: str, n: int = 1) -> list[Lease]:
-        """Up to n leases now, without waiting: only slots no earlier waiter is in line for.
+        """Up to n leases now, without waiting: only slots no waiter is in line for.
         Raises RedisError if Redis is unreachable (nothing granted)."""
         if n < 1:
             raise ValueError("n must be >= 1")
@@ -637,56 +678,122 @@ class LeaseBook:
         try:
             _status, leases, _hint = await self._ask(key_id, ticket, n, "", requested)
         except BaseException:
-            self._abandon(key_id, ticket, n)  # the grant may have happened before the error
+            self._abandon(key_id, ticket, n, ticket)  # the grant may have happened before the error
             raise
         return leases
 
     async def acquire(self, key_id: str, n: int = 1, *, timeout: float | None = None) -> list[Lease]:
         """Wait in the key's FIFO line until at least one slot is granted; returns 1..n leases.
 
-        Raises TimeoutError after `timeout` seconds. Cancellation-safe: a cancelled (or timed
-        out) acquire leaves no ticket and no lease behind (a grant that raced with the cancel is
-        released in the background). Redis errors while waiting are retried (fail closed)."""
+        This process's waiters on a key line up locally (FIFO) behind one ticket in Redis that
+        asks for all of them at once. Raises TimeoutError after `timeout` seconds.
+        Cancellation-safe: a cancelled (or timed out) acquire leaves no ticket and no lease
+        behind (a grant that raced with the cancel is released). Redis errors while waiting are
+        retried (fail closed: nothing is granted meanwhile)."""
         if n < 1:
             raise ValueError("n must be >= 1")
         if self._listener is None:
             await self.start()
-        requested = time.monotonic()
-        until = None if timeout is None else requested + timeout
-        ticket = secrets.token_hex(8)
-        event = asyncio.Event()
-        self._waiters[ticket] = event
+        line = self._lines.get(key_id)
+        if line is None:
+            line = self._lines[key_id] = _Line()
+        waiter = _Waiter(n, time.monotonic(), asyncio.get_running_loop().create_future())
+        line.waiters.append(waiter)
+        line.event.set()
+        if line.driver is None:
+            line.driver = asyncio.create_task(self._drive(key_id, line), name=f"lease-line-{key_id}")
+        try:
+            return await asyncio.wait_for(waiter.future, timeout)
+        except BaseException:
+            f = waiter.future
+            if f.done() and not f.cancelled() and f.exception() is None:
+                self._release_later(f.result())   # granted while we were being cancelled
+            f.cancel()
+            line.event.set()                      # the driver asks for less (or leaves the line)
+            raise
+
+    def _release_later(self, leases: list[Lease]) -> None:
+        async def run() -> None:
+            try:
+                await self.release(leases)
+            except RedisError:
+                log.warning("could not release %d leases of a cancelled acquire; they count "
+                            "until their hard end", len(leases))
+        task = asyncio.create_task(run())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _drive(self, key_id: str, line: "_Line") -> None:
+        """Serve this process's line for one key: ask Redis for what the live waiters want,
+        hand grants out in FIFO order, wait for a wake-up (or the hint / ticket refresh)."""
         refresh = self.ticket_ttl / 3
         backoff = 0.05
+        ask: tuple[str, int] | None = None   # an ask whose answer was lost: retried as is
+        queued = False
+        self._waiters[line.ticket] = line.event
         try:
             while True:
-                event.clear()
+                live = [w for w in line.waiters if not w.future.done()]
+                line.waiters = deque(live)
+                if not live and ask is None:
+                    return
+                line.event.clear()
+                if ask is None:
+                    ask = (secrets.token_hex(8), min(_MAX_ASK, sum(w.n for w in live)))
                 try:
-                    status, leases, hint = await self._ask(key_id, ticket, n, self.channel, requested)
-                    backoff = 0.05
+                    status, leases, hint = await self._ask(
+                        key_id, line.ticket, ask[1], self.channel, live[0].requested if live else 0.0, ask[0])
+                    ask, backoff = None, 0.05
                 except RedisError as exc:
                     log.warning("lease acquire on %s: Redis error %s; retrying", key_id, type(exc).__name__)
-                    status, leases, hint = "error", [], int(backoff * 1000)
+                    await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
+                    continue
+                if status == "gone":        # our ticket was abandoned: take a new one
+                    self._waiters.pop(line.ticket, None)
+                    line.ticket = secrets.token_hex(8)
+                    self._waiters[line.ticket] = line.event
+                    continue
+                queued = status == "queued" or len(leases) < sum(w.n for w in live)
                 if leases:
-                    return leases
-                if status == "gone":
-                    raise RuntimeError("lease ticket was abandoned while in use")
+                    await self._hand_out(line, leases)
+                    if not queued:
+                        continue
+                    hint = -1
                 wait = refresh if hint < 0 else min(refresh, hint / 1000 + 0.001)
-                if until is not None:
-                    left = until - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"no lease on {key_id} within {timeout} s")
-                    wait = min(wait, left)
                 try:
-                    await asyncio.wait_for(event.wait(), wait)
+                    await asyncio.wait_for(line.event.wait(), wait)
                 except TimeoutError:
                     pass
-        except BaseException:
-            self._abandon(key_id, ticket, n)
-            raise
         finally:
-            self._waiters.pop(ticket, None)
+            self._waiters.pop(line.ticket, None)
+            if queued or ask is not None:
+                self._abandon(key_id, line.ticket, ask[1] if ask else 0, ask[0] if ask else "")
+            line.driver = None
+            if self._lines.get(key_id) is line:
+                del self._lines[key_id]
+            if self._closing:
+                for w in line.waiters:
+                    w.future.cancel()
+            elif any(not w.future.done() for w in line.waiters):
+                # waiters that arrived while we were leaving: a new line serves them
+                fresh = self._lines.setdefault(key_id, _Line())
+                fresh.waiters.extend(w for w in line.waiters if not w.future.done())
+                if fresh.driver is None:
+                    fresh.driver = asyncio.create_task(self._drive(key_id, fresh), name=f"lease-line-{key_id}")
+
+    async def _hand_out(self, line: "_Line", leases: list[Lease]) -> None:
+        """Grants to waiters in arrival order (each gets up to its n); leftovers go back."""
+        rest = list(leases)
+        for w in line.waiters:
+            if not rest:
+                break
+            if w.future.done():
+                continue
+            take, rest = rest[:w.n], rest[w.n:]
+            w.future.set_result([replace(lease, requested_at=w.requested) for lease in take])
+        if rest:
+            await self.release(rest)
 
     async def release(self, leases: Iterable[Lease]) -> None:
         """Free leases whose jobs are over: one round trip for all keys. Unknown ids are ignored.
