@@ -21,6 +21,7 @@ also pending in Redis, so another gateway claims it if this one dies.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -37,6 +38,7 @@ from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
 
 from .batches import BatchStore, task_id
+from .dedup import Dedup
 from .pools import Pool, Worker
 from .queues import Entry, QueueName, TaskQueues
 from .routing import ENHANCE_KEY, Routing
@@ -98,7 +100,7 @@ class DispatchSettings:
 class Dispatcher:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
                  leases, routing: Routing, sealer: Sealer, settings: DispatchSettings,
-                 cancel_channel: str) -> None:
+                 cancel_channel: str, dedup: Dedup) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -107,6 +109,7 @@ class Dispatcher:
         self.sealer = sealer
         self.s = settings
         self.cancel_channel = cancel_channel
+        self.dedup = dedup
         self.pools = {name: Pool(name) for name in POOLS}
         self.inflight: dict[str, Attempt] = {}
         self._known_queues: dict[str, set[QueueName]] = {name: set() for name in POOLS}
@@ -402,13 +405,34 @@ class Dispatcher:
         if not finals:
             return []
         won = await self.batches.finish_many([(a.entry.batch_id, a.entry.index, str(a.entry.attempt), res)
-                                        for a, res in finals])
+                                              for a, res in finals])
+        for (a, res), first in zip(finals, won):
+            if first and a.entry.dedup:
+                await self._serve_followers(a, res)
         await self.queues.ack([a.entry for a, _ in finals])
         for a, res in finals:
             outcome = pb.TaskState.Name(res.state).lower()
             metrics.TASKS_FINISHED.labels(a.pool, outcome).inc()
             metrics.TASK_DURATION.labels(a.pool).observe(res.timings.total_ms / 1000)
         return won
+
+    async def _serve_followers(self, leader: Attempt, result: pb.TaskResult) -> None:
+        """Copy the leader's result to the identical tasks that waited for it; if the leader was
+        cancelled (its batch was), they run on their own instead."""
+        followers = await self.dedup.finish(leader.entry.dedup, result.task_id, result)
+        if not followers:
+            return
+        if result.state == pb.CANCELLED:
+            pushes = []
+            for f in followers:
+                fields = {k: v for k, v in f.entry.items() if k != "d"}
+                fields["s"] = base64.b64decode(f.entry["s"])
+                queue = QueueName.parse(f.queue)
+                pushes.append((queue, fields))
+                self.note_queue(queue)
+            await self.queues.push(pushes)
+            return
+        await self.batches.finish_many([(f.batch_id, f.index, "*", f.copy(result)) for f in followers])
 
     async def _finish_failed(self, attempts: list[Attempt], failure: TaskFailure) -> None:
         for a in attempts:
@@ -456,6 +480,8 @@ class Dispatcher:
                       "t": a.entry.accepted_ms, "s": a.entry.task}
             if stage:
                 fields.update(g=stage, c=carry)
+            if a.entry.dedup:
+                fields["d"] = a.entry.dedup
             pushes.append((queue, fields))
             self.note_queue(queue)
         await self.queues.push(pushes)
@@ -525,8 +551,11 @@ class Dispatcher:
             if n == 0:
                 return
             queue = await self.routing.queue_for(a.task, nxt, a.entry.batch_id, self._token)
-            await self.queues.push([(queue, {"b": a.entry.batch_id, "i": a.entry.index, "a": n, "p": nxt,
-                                             "t": a.entry.accepted_ms, "s": a.entry.task})])
+            fields = {"b": a.entry.batch_id, "i": a.entry.index, "a": n, "p": nxt,
+                      "t": a.entry.accepted_ms, "s": a.entry.task}
+            if a.entry.dedup:
+                fields["d"] = a.entry.dedup
+            await self.queues.push([(queue, fields)])
             self.note_queue(queue)
             metrics.ATTEMPTS_REQUEUED.labels(a.pool, "hedge").inc()
         except RedisError as exc:

@@ -3,7 +3,8 @@
     im:q:{<pool>|<key_id>}   stream   entries: b (batch), i (index), a (attempt), p (provider
                                       index), t (accepted ms), s (the Task, serialized), and for
                                       a generate task's then_enhance stage: g ("enhance") and
-                                      c (the generate result it carries, serialized)
+                                      c (the generate result it carries, serialized); d (the
+                                      deduplication identity, when other tasks follow this one)
     im:queues                set      every queue that ever had work, for gateways to discover
     im:work                  channel  a pool name, published when work was added to it
 
@@ -41,6 +42,8 @@ class Entry:
     task: bytes
     stage: str = ""
     carry: bytes = b""
+    # Deduplication identity (gateway.dedup), when the task has followers to serve.
+    dedup: str = ""
 
     @property
     def enqueued_ms(self) -> int:
@@ -126,7 +129,7 @@ class TaskQueues:
         return Entry(queue=key, entry_id=entry_id.decode(), batch_id=f[b"b"].decode(),
                      index=int(f[b"i"]), attempt=int(f[b"a"]), provider_index=int(f[b"p"]),
                      accepted_ms=int(f[b"t"]), task=f[b"s"], stage=f.get(b"g", b"").decode(),
-                     carry=f.get(b"c", b""))
+                     carry=f.get(b"c", b""), dedup=f.get(b"d", b"").decode())
 
     async def ack(self, entries: list[Entry]) -> None:
         """Done with these entries: remove them (the task record keeps the history)."""

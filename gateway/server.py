@@ -32,6 +32,7 @@ from . import wire
 from .admin import MeshAdminServicer
 from .api import ImageMeshServicer
 from .batches import BatchStore
+from .dedup import Dedup
 from .dispatch import Dispatcher, DispatchSettings
 from .queues import TaskQueues
 from .registry import WorkerRegistry
@@ -89,6 +90,7 @@ class Gateway:
         self.batches = BatchStore(self.redis, prefix=p, retention=settings.retention)
         self.queues = TaskQueues(self.redis, consumer=self.id, prefix=p)
         self.cancel_channel = f"{p}:cancel"
+        self.dedup = Dedup(self.redis, prefix=p, ttl=settings.max_job_runtime * settings.max_attempts)
         self.dispatcher = Dispatcher(
             redis=self.redis, batches=self.batches, queues=self.queues, leases=self.leases,
             routing=self.routing, sealer=self.sealer,
@@ -96,10 +98,10 @@ class Gateway:
                                       max_attempts=settings.max_attempts,
                                       heartbeat_interval=settings.heartbeat_interval,
                                       hedge_delay=settings.hedge_delay),
-            cancel_channel=self.cancel_channel)
+            cancel_channel=self.cancel_channel, dedup=self.dedup)
         self.service = BatchService(
             redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
-            sealer=self.sealer, dispatcher=self.dispatcher,
+            sealer=self.sealer, dispatcher=self.dispatcher, dedup=self.dedup,
             limits=Limits(max_batch_tasks=settings.max_batch_tasks,
                           max_queued_per_tenant=settings.max_queued_per_tenant,
                           max_queued_bytes_per_tenant=settings.max_queued_bytes_per_tenant))

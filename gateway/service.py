@@ -9,7 +9,7 @@ memory.
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -23,6 +23,7 @@ from imagemesh.errors import TaskFailure
 from imagemesh.v1 import imagemesh_pb2 as pb
 
 from .batches import BatchStore, NewTask, task_id
+from .dedup import Dedup, Follower, dedup_hash
 from .dispatch import Dispatcher
 from .queues import QueueName, TaskQueues
 from .routing import Routing
@@ -67,7 +68,8 @@ class Prepared:
 
 class BatchService:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
-                 routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits) -> None:
+                 routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits,
+                 dedup: Dedup) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -75,6 +77,7 @@ class BatchService:
         self.sealer = sealer
         self.dispatcher = dispatcher
         self.limits = limits
+        self.dedup = dedup
 
     # -- preparing tasks -----------------------------------------------------------------------
     def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str]) -> Prepared:
@@ -138,7 +141,7 @@ class BatchService:
             meta = await self.batches.meta(batch_id)
             if meta is not None and meta.enqueued:
                 return batch_id  # the same batch again: nothing re-runs
-        await self._accept(batch_id, prepared, tokens)
+        await self._accept(caller, batch_id, prepared, tokens)
         await self.batches.mark_enqueued(batch_id)
         await self.batches.close(batch_id)
         return batch_id
@@ -155,18 +158,41 @@ class BatchService:
             raise Overloaded(f"too many input bytes queued for this caller: {queued_bytes} + {size}, "
                              f"the limit is {self.limits.max_queued_bytes_per_tenant}", retry_after=5.0)
 
-    async def _accept(self, batch_id: str, prepared: list[Prepared], tokens: dict[str, str]) -> None:
+    async def _accept(self, caller: Caller, batch_id: str, prepared: list[Prepared], tokens: dict[str, str]) -> None:
         meta = await self.batches.meta(batch_id)
         accepted_ms = meta.created_ms if meta else 0
         await self.batches.write_tasks(
             batch_id, [NewTask(p.index, p.pool, p.task.output_filename) for p in prepared],
             sealed_tokens=self._sealed(tokens))
         good = [p for p in prepared if p.failure is None]
-        await self.queues.push([self._entry(batch_id, p, accepted_ms) for p in good])
-        await self.batches.finish_many([self._failed_result(batch_id, p) for p in prepared if p.failure])
+        entries, copies = [], []
+        for p in good:
+            queue, fields = self._entry(batch_id, p, accepted_ms)
+            kind, leader_result = await self._deduplicate(caller, batch_id, p, queue, fields)
+            if kind == "done":
+                copies.append((batch_id, p.index, "*", leader_result))
+            elif kind == "lead":
+                entries.append((queue, fields))
+        await self.queues.push(entries)
+        await self.batches.finish_many([self._failed_result(batch_id, p) for p in prepared if p.failure] + copies)
         for p in good:
             metrics.TASKS_ACCEPTED.labels(p.pool).inc()
             self.dispatcher.note_queue(p.queue)  # type: ignore[arg-type]
+
+    async def _deduplicate(self, caller: Caller, batch_id: str, p: Prepared, queue: QueueName,
+                           fields: dict) -> tuple[str, pb.TaskResult | None]:
+        """"lead" (queue it), "follow" (the leader's result will be copied to it) or "done"
+        (a copy of the leader's result, just finished)."""
+        h = dedup_hash(caller.tenant, p.task)
+        if h is None:
+            return "lead", None
+        fields["d"] = h
+        follower = Follower(batch_id=batch_id, index=p.index, task_id=task_id(batch_id, p.index),
+                            output_filename=p.task.output_filename, labels=dict(p.task.labels),
+                            queue=queue.redis_key(self.queues.prefix),
+                            entry={**fields, "s": base64.b64encode(fields["s"]).decode()})
+        kind, result = await self.dedup.join(h, follower)
+        return kind, (follower.copy(result) if result is not None else None)
 
     # -- stream sessions -----------------------------------------------------------------------
     async def open_session(self, caller: Caller, req: pb.StreamOpen) -> str:
@@ -197,7 +223,12 @@ class BatchService:
         if p.failure is not None:
             await self.batches.finish_many([self._failed_result(batch_id, p)])
             return
-        await self.queues.push([self._entry(batch_id, p, accepted_ms)])
+        queue, fields = self._entry(batch_id, p, accepted_ms)
+        kind, leader_result = await self._deduplicate(caller, batch_id, p, queue, fields)
+        if kind == "lead":
+            await self.queues.push([(queue, fields)])
+        elif kind == "done":
+            await self.batches.finish_many([(batch_id, p.index, "*", leader_result)])
         metrics.TASKS_ACCEPTED.labels(p.pool).inc()
         self.dispatcher.note_queue(p.queue)  # type: ignore[arg-type]
 

@@ -109,8 +109,11 @@ def main(argv: list[str] | None = None) -> None:
         for w in children[-2:]:
             w.wait_for("connected to gateway", 30)
         if (ROOT / "enhance_worker" / "__main__.py").exists():
+            # Real GFPGAN/Real-ESRGAN when `make weights` has fetched them; otherwise the
+            # labelled lanczos-fallback (every result says so).
             ew = Child("enhance-worker", [py, "-m", "enhance_worker", "--worker-id", "enhance-0",
-                                          "--fallback-if-no-weights"], env, tmp)
+                                          "--weights-dir", str(ROOT / "weights"), "--fallback-if-no-weights"],
+                       env, tmp)
             children.append(ew)
             ew.wait_for("connected to gateway", 120)
         from imagemesh import cli

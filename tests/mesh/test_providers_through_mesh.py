@@ -36,6 +36,7 @@ async def test_the_same_tasks_file_runs_against_each_provider_by_settings_only(m
     tasks = [t for t in tasks if not t.generate.providers]  # the example's deliberate bad task aside
     for t in tasks:
         t.generate.inline_outputs = True
+        t.ClearField("then_enhance")  # no enhance worker here: generation only
     async with FakeProviders(latency=0.05) as fake:
         m = provider_mesh(mesh_factory, fake.url, provider)
         async with Client(m.address, CLIENT_KEY) as c:
@@ -126,3 +127,25 @@ async def test_admin_sees_keys_and_changes_a_limit(mesh_factory):
             assert next(k for k in keys if k.alias == "replicate").limit == 2
             providers = {p.name: p for p in (await admin.providers()).providers}
             assert providers["replicate"].circuit == "closed" and providers["replicate"].recent_successes >= 1
+
+
+async def test_identical_tasks_in_flight_run_once_and_every_caller_gets_the_result(mesh_factory):
+    import asyncio
+
+    async with FakeProviders(latency=1.0) as fake:
+        m = provider_mesh(mesh_factory, fake.url, "replicate")
+        spec = pb.GenerateSpec(prompt="the same fox", input={"seed": 3})
+        async with Client(m.address, CLIENT_KEY) as c:
+            async def run(name: str, labels: dict[str, str]):
+                task = pb.Task(output_filename=name, idempotency_key="fox-1", generate=spec, labels=labels)
+                return [e async for e in c.submit([task], credentials={"replicate": TOKEN})]
+            first, second = await asyncio.gather(run("a.png", {"who": "a"}), run("b.png", {"who": "b"}))
+        jobs = fake.stats(TOKEN)["jobs"]
+    a = next(e.result for e in first if e.HasField("result"))
+    b = next(e.result for e in second if e.HasField("result"))
+    assert jobs == 1, "identical in-flight tasks ran once"
+    assert a.state == b.state == pb.SUCCEEDED
+    assert sorted([a.deduplicated, b.deduplicated]) == [False, True]
+    assert a.files[0].url == b.files[0].url
+    assert a.files[0].filename == "a.png" and b.files[0].filename == "b.png"
+    assert a.labels["who"] == "a" and b.labels["who"] == "b"
