@@ -15,6 +15,7 @@ import sys
 
 from imagemesh.config import load
 from imagemesh.process import announce, configure_logging, serve_metrics, stop_signal
+from imagemesh.podcost import PodDeletionCost
 from imagemesh.worker import HealthServer, WorkerRuntime
 
 from .engine import EnhanceEngine
@@ -39,7 +40,8 @@ async def amain(s: EnhanceSettings) -> int:
     log.info("enhance engine ready: %s on %s", engine.model_name, engine.device)
     runtime = WorkerRuntime(gateway=s.gateway, pool="enhance", capacity=s.capacity, executor=engine,
                             worker_id=s.worker_id or f"enhance-{socket.gethostname()}-{os.getpid()}",
-                            api_key=s.api_key, device=engine.device, heartbeat=s.heartbeat_interval)
+                            api_key=s.api_key, device=engine.device, heartbeat=s.heartbeat_interval,
+                            deletion_cost=PodDeletionCost.from_environment())
     if health:
         await health.set(True)
     stop = asyncio.Event()

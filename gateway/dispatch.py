@@ -300,7 +300,7 @@ class Dispatcher:
             if a.raced and self.routing.next_provider(a.task, a.entry.provider_index, probe=False) is not None:
                 asyncio.get_running_loop().call_later(self.s.hedge_delay, self._hedge, a)
             if a.lease is not None:
-                metrics.LEASE_WAIT.labels(self.routing.alias(a.key_id)).observe(a.leased_at - a.read_at)
+                metrics.LEASE_WAIT.labels(self.routing.metric_label(a.key_id)).observe(a.leased_at - a.read_at)
         for pool in self.pools.values():
             pool.export()
 
@@ -576,12 +576,16 @@ class Dispatcher:
         while True:
             await asyncio.sleep(tick)
             try:
-                held = [a for a in self.inflight.values()]
-                leased = {id(a.lease): a for a in held if a.lease is not None}
+                held = list(self.inflight.values())
+                leased = {a.lease.lease_id: a for a in held if a.lease is not None}
                 if leased:
-                    _renewed, lost = await self.leases.renew([a.lease for a in leased.values()])
+                    renewed, lost = await self.leases.renew([a.lease for a in leased.values()])
+                    for lease in renewed:  # new local deadlines: the watchdog goes by these
+                        a = leased.get(lease.lease_id)
+                        if a is not None and a.lease is not None:
+                            a.lease = lease
                     for lease in lost:
-                        a = leased.get(id(lease))
+                        a = leased.get(lease.lease_id)
                         if a is not None and a.attempt_id in self.inflight:
                             metrics.LEASES_LOST.inc()
                             a.lease = None
@@ -631,6 +635,7 @@ class Dispatcher:
                 log.exception("housekeeping error")
 
     async def _export_backlog(self) -> None:
+        await self._export_keys()
         for name in POOLS:
             queues = sorted(self._known_queues[name], key=lambda q: q.key_id)
             depths = await self.queues.depth(queues)
@@ -645,6 +650,19 @@ class Dispatcher:
             metrics.QUEUE_DEPTH.labels(name).set(total)
             metrics.QUEUE_OLDEST_AGE.labels(name).set(oldest)
             metrics.SCHEDULABLE_BACKLOG.labels(name).set(schedulable)
+
+    async def _export_keys(self) -> None:
+        """Per-key lease gauges (bounded labels: see Routing.metric_label)."""
+        keys = sorted({q.key_id for q in self._known_queues["generate"] if self.routing.is_leased_key(q.key_id)})
+        for key_id in keys:
+            label = self.routing.metric_label(key_id)
+            if label == "other":
+                continue
+            state = await self.leases.state(key_id)
+            metrics.LEASE_IN_USE.labels(label).set(state.in_use)
+            metrics.LEASE_LIMIT.labels(label).set(state.limit)
+            metrics.LEASE_WAITERS.labels(label).set(state.waiting)
+            metrics.LEASE_QUARANTINED.labels(label).set(1 if state.quarantined else 0)
 
     # -- drain -----------------------------------------------------------------------------------
     async def drain(self, grace: float) -> None:

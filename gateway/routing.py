@@ -23,6 +23,7 @@ from imagemesh.v1 import worker_pb2 as wpb
 from .queues import QueueName
 
 ENHANCE_KEY = "gpu"
+MAX_KEY_SERIES = 50
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Routing:
         self.sealer = sealer
         self.circuits = {p: CircuitBreaker(p) for p in settings.providers}
         self._aliases = dict(settings.aliases)
+        self._labelled: set[str] = set()
         for provider, token in settings.server_tokens.items():
             self._aliases.setdefault(sealer.key_id(provider, token), provider)
 
@@ -114,6 +116,17 @@ class Routing:
 
     def alias(self, key_id: str) -> str:
         return self._aliases.get(key_id, key_id)
+
+    def metric_label(self, key_id: str) -> str:
+        """The `key` label of per-key series: the alias, or the key id (a fingerprint, never a
+        token) for the first MAX_KEY_SERIES keys seen, then "other": bounded cardinality."""
+        label = self._aliases.get(key_id)
+        if label is not None:
+            return label
+        if key_id in self._labelled or len(self._labelled) < MAX_KEY_SERIES:
+            self._labelled.add(key_id)
+            return key_id
+        return "other"
 
     def resolve_alias(self, name: str) -> str:
         for key_id, alias in self._aliases.items():

@@ -11,6 +11,7 @@ import httpx
 
 from imagemesh.config import load, parse_mapping
 from imagemesh.process import announce, configure_logging, serve_metrics, stop_signal
+from imagemesh.podcost import PodDeletionCost
 from imagemesh.worker import HealthServer, WorkerRuntime
 
 from .executor import GenerateExecutor
@@ -34,7 +35,8 @@ async def amain(s: WorkerSettings) -> int:
     runtime = WorkerRuntime(gateway=s.gateway, pool="generate", capacity=s.capacity, executor=executor,
                             worker_id=s.worker_id or f"gen-{socket.gethostname()}-{os.getpid()}",
                             api_key=s.api_key, device="remote", providers=tuple(providers),
-                            heartbeat=s.heartbeat_interval)
+                            heartbeat=s.heartbeat_interval,
+                            deletion_cost=PodDeletionCost.from_environment())
     health = HealthServer(s.health_port) if s.health_port >= 0 else None
     if health:
         await health.start()

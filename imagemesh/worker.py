@@ -29,6 +29,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from imagemesh.errors import Internal, TaskFailure
 from imagemesh import metrics
+from imagemesh.podcost import PodDeletionCost
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
 from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
@@ -75,7 +76,8 @@ class HealthServer:
 class WorkerRuntime:
     def __init__(self, *, gateway: str, pool: str, capacity: int, executor: Executor,
                  worker_id: str, api_key: str, device: str = "", providers: tuple[str, ...] = (),
-                 heartbeat: float = 2.0, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+                 heartbeat: float = 2.0, max_message_bytes: int = 64 * 1024 * 1024,
+                 deletion_cost: PodDeletionCost | None = None) -> None:
         self.gateway = gateway
         self.pool = pool
         self.capacity = capacity
@@ -86,6 +88,7 @@ class WorkerRuntime:
         self.providers = providers
         self.heartbeat = heartbeat
         self.max_message_bytes = max_message_bytes
+        self.deletion_cost = deletion_cost
         self.running: dict[str, asyncio.Task] = {}
         self.connected = asyncio.Event()
         self.draining = False
@@ -204,6 +207,8 @@ class WorkerRuntime:
                 await call.write(msg)
             finally:
                 self._sending = False
+            if self.deletion_cost is not None:
+                await self.deletion_cost.update(len(self.running))
 
     # -- attempts ---------------------------------------------------------------------------
     def _start(self, a: wpb.Assignment) -> None:

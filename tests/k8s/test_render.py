@@ -24,7 +24,7 @@ SETTINGS = {"imagemesh-gateway": GatewaySettings, "imagemesh-gen-worker": Worker
             "imagemesh-enhance-worker": EnhanceSettings}
 # Variables in the manifests that are not (yet) settings, each with its reason.
 NOT_SETTINGS = {
-    "IMAGEMESH_POD_NAME": "pod-deletion-cost annotation (k8s/README.md); the worker reads it when implemented",
+    "IMAGEMESH_POD_NAME": "pod-deletion-cost annotation (imagemesh/podcost.py, k8s/README.md)",
     "IMAGEMESH_POD_NAMESPACE": "pod-deletion-cost annotation, as above",
     "HOME": "torch / numba caches on the writable /tmp",
 }
