@@ -10,9 +10,9 @@ import sys
 import httpx
 
 from imagemesh.config import load, parse_mapping
-from imagemesh.process import announce, configure_logging, serve_metrics, stop_signal
+from imagemesh.process import configure_logging, serve_metrics
 from imagemesh.podcost import PodDeletionCost
-from imagemesh.worker import HealthServer, WorkerRuntime
+from imagemesh.worker import HealthServer, WorkerRuntime, serve
 
 from .executor import GenerateExecutor
 from .providers import build_providers
@@ -37,20 +37,9 @@ async def amain(s: WorkerSettings) -> int:
                             api_key=s.api_key, device="remote", providers=tuple(providers),
                             heartbeat=s.heartbeat_interval,
                             deletion_cost=PodDeletionCost.from_environment())
-    health = HealthServer(s.health_port) if s.health_port >= 0 else None
-    if health:
-        await health.start()
-        announce("HEALTH_PORT", health.port)
-        await health.set(True)
-    stop = asyncio.Event()
-    run = asyncio.create_task(runtime.run(stop, s.drain_seconds))
-    await stop_signal()
-    if health:
-        await health.set(False)
-    stop.set()
-    await run
-    if health:
-        await health.stop()
+    health = HealthServer(s.health_port)
+    await health.start()
+    await serve(runtime, health, s.drain_seconds)
     for provider in providers.values():
         await provider.aclose()
     await http.aclose()

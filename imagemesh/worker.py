@@ -30,6 +30,7 @@ from grpc_health.v1.health import aio as health_aio
 from imagemesh.errors import Internal, TaskFailure
 from imagemesh import metrics
 from imagemesh.podcost import PodDeletionCost
+from imagemesh.process import announce, stop_signal
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
 from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
@@ -53,24 +54,44 @@ def failed(assignment: wpb.Assignment, failure: TaskFailure, **extra) -> wpb.Att
 
 
 class HealthServer:
-    """The standard gRPC health service on its own port (Kubernetes' native gRPC probes)."""
+    """The standard gRPC health service on its own port (Kubernetes' native gRPC probes).
+    Port -1: no server (every call is a no-op)."""
 
     def __init__(self, port: int) -> None:
         self.servicer = health_aio.HealthServicer()
-        self.server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
-        self.port = self.server.add_insecure_port(f"0.0.0.0:{port}")
+        self.server = grpc.aio.server() if port >= 0 else None
+        self.port = -1
+        if self.server is not None:
+            health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
+            self.port = self.server.add_insecure_port(f"0.0.0.0:{port}")
 
     async def start(self) -> None:
+        """Start NOT_SERVING, and say the port on stdout."""
+        if self.server is None:
+            return
         await self.server.start()
         await self.set(False)
+        announce("HEALTH_PORT", self.port)
 
     async def set(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.servicer.set("", status)
 
     async def stop(self) -> None:
-        await self.server.stop(0)
+        if self.server is not None:
+            await self.server.stop(0)
+
+
+async def serve(runtime: "WorkerRuntime", health: HealthServer, drain_seconds: float) -> None:
+    """SERVING, run until SIGTERM/SIGINT, then NOT_SERVING and drain within `drain_seconds`."""
+    await health.set(True)
+    stop = asyncio.Event()
+    run = asyncio.create_task(runtime.run(stop, drain_seconds))
+    await stop_signal()
+    await health.set(False)
+    stop.set()
+    await run
+    await health.stop()
 
 
 class WorkerRuntime:
