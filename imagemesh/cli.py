@@ -119,8 +119,9 @@ async def cmd_submit(client: Client, args) -> int:
                     row["provider"] = r.provider
                     report["successful_results"].append(row)
                     names = ", ".join(f.filename for f in r.files)
+                    how = f"{r.provider}, {r.model}" if r.model else r.provider
                     progress.console.print(f"[green]✓[/] #{r.task_index} {names} "
-                                           f"[dim]({r.provider}, {r.timings.total_ms} ms)[/]")
+                                           f"[dim]({how}, {r.timings.total_ms} ms)[/]")
                 else:
                     row["error"] = {"code": r.error.code, "message": r.error.message}
                     report["failed_results"].append(row)

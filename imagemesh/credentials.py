@@ -35,7 +35,12 @@ class Sealer:
     def __init__(self, secret: str | None) -> None:
         self.ephemeral = not secret
         key = secret.encode() if secret else Fernet.generate_key()
-        self._fernet = Fernet(key)
+        try:
+            self._fernet = Fernet(key)
+        except ValueError:
+            raise ValueError("IMAGEMESH_SECRET_KEY must be a Fernet key (32 url-safe base64-encoded bytes); make one "
+                             "with: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+                             ) from None
         self._mac_key = hashlib.sha256(b"imagemesh-fingerprint\0" + key).digest()
 
     def seal(self, token: str) -> bytes:

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
            "IMAGEMESH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
            "IMAGEMESH_API_KEYS": f"demo-admin:admin:{_hash(ADMIN_KEY)},demo:client:{_hash(CLIENT_KEY)},"
                                  f"workers:worker:{_hash(WORKER_KEY)}",
-           "IMAGEMESH_SECRET_KEY": "ZGVtby1zZWNyZXQta2V5LW5vdC1mb3ItcHJvZHVjdGlvbg==",
+           "IMAGEMESH_SECRET_KEY": "aW1hZ2VtZXNoLWRlbW8ta2V5LW5vdC1mb3ItcHJvZCE=",  # demo only
            "IMAGEMESH_GATEWAY": gateway, "IMAGEMESH_API_KEY": WORKER_KEY,
            "IMAGEMESH_METRICS_PORT": "0", "IMAGEMESH_HEALTH_PORT": "0",
            "IMAGEMESH_LOCAL_LATENCY_MS": "300", "IMAGEMESH_CAPACITY": "4"}
