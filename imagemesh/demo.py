@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"  export IMAGEMESH_GATEWAY={gateway} IMAGEMESH_API_KEY={CLIENT_KEY}\n"
                   f"  .venv/bin/imagemesh submit examples/tasks.json --download out/\n"
                   f"  (admin: IMAGEMESH_API_KEY={ADMIN_KEY} .venv/bin/imagemesh keys)")
+            # Ctrl-C or SIGTERM stops the mesh (explicitly: a shell may start us with SIGINT ignored).
             signal.signal(signal.SIGTERM, signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
                 while True:
                     time.sleep(3600)
