@@ -35,16 +35,16 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def render(prompt: str, seed: int, width: int, height: int, fmt: str = "png") -> bytes:
     digest = hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()
     top, bottom = digest[0:3], digest[3:6]
-    img = Image.new("RGB", (width, height))
+    # A vertical gradient: one column computed, then stretched (cheap at any width).
+    column = bytes(int(a + (b - a) * y / max(1, height - 1)) for y in range(height) for a, b in zip(top, bottom))
+    img = Image.frombytes("RGB", (1, height), column).resize((width, height), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
-    for y in range(height):
-        t = y / max(1, height - 1)
-        draw.line([(0, y), (width, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
     for i in range(4):
         x0, y0 = digest[8 + i] * width // 256, digest[12 + i] * height // 256
         r = max(4, digest[16 + i] * min(width, height) // 1024)
         draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], outline=tuple(digest[20 + i:23 + i]), width=2)
-    draw.text((6, 6), prompt[:60], fill=(255, 255, 255), font=_font())
+    if width >= 64 and height >= 24:  # the prompt only where it can be read
+        draw.text((6, 6), prompt[:60], fill=(255, 255, 255), font=_font())
     buf = io.BytesIO()
     if fmt in ("jpg", "jpeg"):
         img.save(buf, format="JPEG", quality=90)
