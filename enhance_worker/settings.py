@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imagemesh.config import CommonSettings, setting
+from imagemesh.config import WorkerRuntimeSettings, setting
 
 
 @dataclass
-class EnhanceSettings(CommonSettings):
+class EnhanceSettings(WorkerRuntimeSettings):
     """ImageMesh enhance worker: GFPGAN face restoration and Real-ESRGAN upscaling, models resident."""
 
-    # -- the worker runtime (same meaning as the generation worker's) ---------------------------
-    gateway: str = setting("127.0.0.1:50051", "Gateway address to dial (a headless Service name reaches every replica)")
-    api_key: str = setting("", "This worker's key (role worker)")
-    worker_id: str = setting("", "Name shown in ListWorkers (default: host-pid)")
+    # -- the worker runtime (imagemesh.config.WorkerRuntimeSettings), with enhance defaults ------
     capacity: int = setting(2, "Tasks held at once. Inference runs one image at a time; 2 keeps the model busy "
                                "while the next image is fetched and decoded. More only queues work here that "
                                "another worker could take")
-    health_port: int = setting(8081, "Port of the gRPC health service (0: a free port; -1: off)")
     drain_seconds: float = setting(120.0, "Grace for in-flight work on SIGTERM (an image can take a minute on a CPU)")
-    heartbeat_interval: float = setting(2.0, "Seconds between heartbeats")
 
     # -- the models ----------------------------------------------------------------------------
     weights_dir: str = setting("weights", "Directory holding the weight files (`make weights` fills it)")

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imagemesh.config import CommonSettings, setting
+from imagemesh.config import WorkerRuntimeSettings, setting
 
 
 @dataclass
-class WorkerSettings(CommonSettings):
+class WorkerSettings(WorkerRuntimeSettings):
     """ImageMesh generation worker: runs generate tasks against the hosted image APIs."""
 
-    gateway: str = setting("127.0.0.1:50051", "Gateway address to dial (a headless Service name reaches every replica)")
-    api_key: str = setting("", "This worker's key (role worker)")
-    worker_id: str = setting("", "Name shown in ListWorkers (default: host-pid)")
-    capacity: int = setting(16, "Tasks run at once")
-    health_port: int = setting(8081, "Port of the gRPC health service (0: a free port; -1: off)")
-    drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM")
-    heartbeat_interval: float = setting(2.0, "Seconds between heartbeats")
     local_latency_ms: int = setting(0, "Latency of the offline `local` renderer (demos, benchmarks)")
     replicate_base_url: str = setting("https://api.replicate.com", "Replicate API base URL")
     fal_base_url: str = setting("https://queue.fal.run", "fal queue API base URL")

@@ -81,3 +81,16 @@ class CommonSettings:
 
     metrics_port: int = setting(9090, "Port of the Prometheus /metrics endpoint (0: a free port; -1: off)")
     log_level: str = setting("INFO", "Log level")
+
+
+@dataclass
+class WorkerRuntimeSettings(CommonSettings):
+    """Settings of every worker's link to the gateway (imagemesh.worker.WorkerRuntime)."""
+
+    gateway: str = setting("127.0.0.1:50051", "Gateway address to dial (a headless Service name reaches every replica)")
+    api_key: str = setting("", "This worker's key (role worker)")
+    worker_id: str = setting("", "Name shown in ListWorkers (default: host-pid)")
+    capacity: int = setting(16, "Tasks run at once")
+    health_port: int = setting(8081, "Port of the gRPC health service (0: a free port; -1: off)")
+    drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM")
+    heartbeat_interval: float = setting(2.0, "Seconds between heartbeats")
