@@ -11,7 +11,6 @@ point the `imagemesh` CLI at it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import os
 import shutil

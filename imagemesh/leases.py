@@ -95,7 +95,6 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 

@@ -7,7 +7,6 @@ kills whatever is still running, so no test leaves a process behind.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess

@@ -38,7 +38,7 @@ async def test_worker_killed_every_second_loses_and_duplicates_nothing(mesh_fact
     kills = 0
 
     async def killer():
-        nonlocal kills, workers
+        nonlocal kills
         while True:
             await asyncio.sleep(1.0)
             victim = workers.pop(0)

@@ -6,8 +6,7 @@ import grpc
 import pytest
 
 from imagemesh.client import Client, generate
-from imagemesh.v1 import imagemesh_pb2 as pb
-from tests.processes import CLIENT_KEY, OTHER_CLIENT_KEY
+from tests.processes import OTHER_CLIENT_KEY
 
 
 async def first_error(events) -> grpc.aio.AioRpcError:

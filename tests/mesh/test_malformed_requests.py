@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagemesh.client import Client, generate
+from imagemesh.client import generate
 from imagemesh.v1 import imagemesh_pb2 as pb
 from tests.processes import CLIENT_KEY
 
