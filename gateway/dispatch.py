@@ -25,7 +25,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -277,7 +277,9 @@ class Dispatcher:
 
     # -- sending ---------------------------------------------------------------------------------
     async def _assign(self, attempts: list[Attempt]) -> None:
-        for a in attempts:
+        pending = deque(attempts)
+        while pending:
+            a = pending.popleft()
             pool = self.pools[a.pool]
             worker = pool.take()
             while worker is None:
@@ -293,6 +295,10 @@ class Dispatcher:
             except TaskFailure as exc:
                 pool.grant(worker, 1)
                 await self._finish_failed([a], exc)
+                continue
+            if pool.workers.get(worker.worker_id) is not worker:
+                # The worker left while the assignment was being built: give it to another.
+                pending.append(a)
                 continue
             a.worker = worker
             worker.in_flight.add(a.attempt_id)
