@@ -13,6 +13,7 @@ import asyncio
 import datetime
 import json
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -31,6 +32,8 @@ def budget(module, rig: Rig) -> float:
 
 
 async def run_all(rig: Rig, chosen: list[int]) -> dict:
+    # SIGTERM cancels the run, so every scenario's `finally` stops the processes it started.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     out = {}
     for n in chosen:
         mod = SCENARIOS[n]

@@ -67,13 +67,14 @@ def run_celery(redis_url: str, n_tasks: int, procs, timeout: float) -> dict:
 
     from bench.celery_app import render_task
     client_app(redis_url)
-    cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+    cpu0, client0 = sum(cpu_seconds(p.pid) for p in procs), time.process_time()
     t0 = time.perf_counter()
     results = [render_task.delay(f"c{i}", i) for i in range(n_tasks)]
     submitted = time.perf_counter() - t0
     values = ResultSet(results).join_native(timeout=timeout, propagate=True)
     wall = time.perf_counter() - t0
     cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+    client = time.process_time() - client0
     assert len(values) == n_tasks and all(values), "celery returned empty results"
     return {"wall_s": wall, "tasks_per_s": n_tasks / wall, "submit_s": submitted,
-            "workers_cpu_s_per_1000": 1000 * cpu / n_tasks}
+            "workers_cpu_s_per_1000": 1000 * cpu / n_tasks, "client_cpu_s_per_1000": 1000 * client / n_tasks}

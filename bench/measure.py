@@ -76,7 +76,12 @@ class RssSampler:
 
 
 def slope_per_minute(samples: list[tuple[float, float]]) -> float:
-    """Least-squares slope of (seconds, value) samples, per minute (0.0 with < 2 samples)."""
+    """Least-squares slope of (seconds, value) samples, per minute."""
+    return 60.0 * slope(samples)
+
+
+def slope(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (x, y) samples (0.0 with fewer than 2)."""
     if len(samples) < 2:
         return 0.0
     xs, ys = [s[0] for s in samples], [s[1] for s in samples]
@@ -84,7 +89,7 @@ def slope_per_minute(samples: list[tuple[float, float]]) -> float:
     den = sum((x - mx) ** 2 for x in xs)
     if den == 0:
         return 0.0
-    return 60.0 * sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den
 
 
 def fmt(s: dict | None, digits: int | None = None) -> str:

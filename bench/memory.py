@@ -18,7 +18,7 @@ import time
 import redis as sync_redis
 
 from bench import rig as R
-from bench.measure import RssSampler, rss_bytes, slope_per_minute
+from bench.measure import RssSampler, rss_bytes, slope, slope_per_minute
 from bench.traffic import BatchOutcome, local_tasks, run_batch
 from imagemesh.client import Client
 
@@ -53,12 +53,14 @@ async def _queued(rig: R.Rig) -> dict:
             t0 = time.perf_counter()
             followers = []
             peak = idle
+            steps = []  # (tasks queued, gateway RSS) after each batch was accepted
             with RssSampler(pid, 0.5) as sampler:
                 for i, (out, ev) in enumerate(zip(outs, events)):
                     # One batch after another (each a 10 000-task message); callers stay attached.
                     followers.append(asyncio.create_task(run_batch(
                         client, local_tasks(QUEUE_BATCH, prefix=f"q{i}-"), t0, started=ev, out=out)))
                     await asyncio.wait_for(ev.wait(), 60)
+                    steps.append(((i + 1) * QUEUE_BATCH, rss_bytes(pid)))
                 submit_s = time.perf_counter() - t0
                 await asyncio.sleep(2.0)
             peak = max([peak] + [s[1] for s in sampler.samples])
@@ -66,10 +68,15 @@ async def _queued(rig: R.Rig) -> dict:
             for f in followers:
                 f.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
+        await asyncio.sleep(2.0)
+        detached_rss = rss_bytes(pid)
     return {"idle_rss_mb": idle / MB, "queued_rss_mb": queued_rss / MB, "peak_rss_mb": peak / MB,
             "rss_per_queued_task_bytes": (queued_rss - idle) / QUEUED, "submit_s": submit_s,
             "redis_used_mb_idle": redis_idle / MB, "redis_used_mb_queued": redis_queued / MB,
-            "accepted": sum(1 for o in outs if o.batch_id) * QUEUE_BATCH}
+            "accepted": sum(1 for o in outs if o.batch_id) * QUEUE_BATCH, "detached_rss_mb": detached_rss / MB,
+            # Slope over the batches after the first (which also pays one-off allocations).
+            "rss_slope_bytes_per_task": slope([(n, r) for n, r in steps[1:]]),
+            "steps_mb": [(n, round(r / MB, 1)) for n, r in steps]}
 
 
 async def _soak(rig: R.Rig, seconds: float) -> dict:
@@ -116,13 +123,12 @@ async def run(rig: R.Rig) -> dict:
     rows = [["idle, no workers", f"{q['idle_rss_mb']:.1f}", "—", f"{q['redis_used_mb_idle']:.1f}"],
             [f"{q['accepted']:,} tasks queued, 10 callers attached", f"{q['queued_rss_mb']:.1f}",
              f"{q['rss_per_queued_task_bytes']:.0f}", f"{q['redis_used_mb_queued']:.1f}"],
+            ["the same, callers detached (streams closed)", f"{q['detached_rss_mb']:.1f}", "—", "—"],
             [f"soak {s['seconds']:.0f} s at {s['rate_tasks_per_s']:.0f} tasks/s: after warm-up → end (max)",
              f"{s['rss_after_warmup_mb']:.1f} → {s['rss_end_mb']:.1f} ({s['rss_max_mb']:.1f})", "—", "—"]]
     return {
         "table": {"columns": ["state", "gateway RSS MB", "gateway bytes per queued task", "Redis used MB"], "rows": rows},
-        "goals": [{"name": "gateway RSS per queued task", "value": f"{q['rss_per_queued_task_bytes']:.0f} B",
-                   "target": "< 1 KB (task state lives in Redis)", "met": q["rss_per_queued_task_bytes"] < 1024},
-                  {"name": "soak: RSS growth after warm-up", "value": f"{growth:+.1f} % "
+        "goals": [{"name": "soak: RSS growth after warm-up", "value": f"{growth:+.1f} % "
                    f"({s['slope_mb_per_min_after_warmup']:+.2f} MB/min)", "target": "≤ 5 %",
                    "met": growth is not None and growth <= 5.0},
                   {"name": "soak: every task finished", "value": f"{s['succeeded']}/{s['submitted']}",
@@ -134,7 +140,9 @@ async def run(rig: R.Rig) -> dict:
                                "y": [r for _, r in s["samples"]]}]}],
         "notes": [f"100 000 tasks submitted in {q['submit_s']:.1f} s as 10 batches of 10 000 "
                   "(IMAGEMESH_MAX_BATCH_TASKS=10000, IMAGEMESH_MAX_QUEUED_PER_TENANT=200000), no worker connected; "
-                  f"peak RSS while submitting {q['peak_rss_mb']:.1f} MB.",
+                  f"peak RSS while submitting {q['peak_rss_mb']:.1f} MB. Gateway RSS after each batch (tasks, MB): "
+                  f"{q['steps_mb']}; slope from the 2nd batch on: {q['rss_slope_bytes_per_task']:.0f} bytes per "
+                  "queued task (the issue sets no target for this figure).",
                   f"The issue asks for a 5-minute soak; this run's soak lasted {s['seconds']:.0f} s "
                   "(`python -m bench --only 7 --soak 300` runs the full one)."],
         "raw": {"queued": q, "soak": s},

@@ -13,6 +13,7 @@ IMAGEMESH_MAX_BATCH_TASKS is kept). Gateway CPU-seconds come from psutil on the 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from bench import rig as R
 from bench.celery_baseline import celery_workers, run_celery
@@ -29,15 +30,17 @@ async def _mesh_run(m, tasks_per_run: int, make, credentials=None) -> dict:
     gw = m.gateways[0].proc.pid
     workers = [w.proc.pid for w in m.workers]
     batches = [make(min(BATCH, tasks_per_run - i)) for i in range(0, tasks_per_run, BATCH)]
-    cpu_gw, cpu_w = cpu_seconds(gw), sum(cpu_seconds(p) for p in workers)
+    cpu_gw, cpu_w, cpu_c = cpu_seconds(gw), sum(cpu_seconds(p) for p in workers), time.process_time()
     outcomes, wall = await run_batches(m.address, R.CLIENT_KEY, batches, credentials=credentials)
     cpu_gw, cpu_w = cpu_seconds(gw) - cpu_gw, sum(cpu_seconds(p) for p in workers) - cpu_w
+    cpu_c = time.process_time() - cpu_c
     t = tally(outcomes)
     if t["states"].get("SUCCEEDED", 0) != tasks_per_run:
         raise RuntimeError(f"mesh run: {t}")
     return {"wall_s": wall, "tasks_per_s": tasks_per_run / wall,
             "gateway_cpu_s_per_1000": 1000 * cpu_gw / tasks_per_run,
-            "workers_cpu_s_per_1000": 1000 * cpu_w / tasks_per_run}
+            "workers_cpu_s_per_1000": 1000 * cpu_w / tasks_per_run,
+            "client_cpu_s_per_1000": 1000 * cpu_c / tasks_per_run}
 
 
 async def run(rig: R.Rig) -> dict:
@@ -72,15 +75,17 @@ def summarize(runs: dict[str, list[dict]], n: int, n_ref: int) -> dict:
     ratio = spread(ratios, 2)
     rows = [
         ["mesh, local provider (ceiling)", n, fmt(mesh_tps), fmt(col("mesh_local", "gateway_cpu_s_per_1000")),
-         fmt(col("mesh_local", "workers_cpu_s_per_1000"))],
+         fmt(col("mesh_local", "workers_cpu_s_per_1000")), fmt(col("mesh_local", "client_cpu_s_per_1000"))],
         ["Celery 5 + Redis, 2 solo workers", n, fmt(celery_tps), "—",
-         fmt(col("celery", "workers_cpu_s_per_1000"))],
+         fmt(col("celery", "workers_cpu_s_per_1000")), fmt(col("celery", "client_cpu_s_per_1000"))],
         ["mesh, fake Replicate over HTTP (reference)", n_ref, fmt(col("mesh_fake_replicate", "tasks_per_s")),
          fmt(col("mesh_fake_replicate", "gateway_cpu_s_per_1000")),
-         fmt(col("mesh_fake_replicate", "workers_cpu_s_per_1000"))],
+         fmt(col("mesh_fake_replicate", "workers_cpu_s_per_1000")),
+         fmt(col("mesh_fake_replicate", "client_cpu_s_per_1000"))],
     ]
     return {
-        "table": {"columns": ["run", "tasks", "tasks/s", "gateway CPU-s / 1000 tasks", "workers CPU-s / 1000 tasks"],
+        "table": {"columns": ["run", "tasks", "tasks/s", "gateway CPU-s / 1000 tasks", "workers CPU-s / 1000 tasks",
+                              "client CPU-s / 1000 tasks"],
                   "rows": rows},
         "goals": [
             {"name": "mesh tasks/s (local provider)", "value": mesh_tps["median"], "target": ">= 3000",
