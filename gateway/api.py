@@ -68,6 +68,7 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
         try:
             async with translated(context):
                 batch_id = await self.service.submit(caller, request)
+            del request  # the tasks are in Redis now; don't hold them while the batch streams
             async with translated(context):
                 async for event in self.service.events(batch_id):
                     yield event

@@ -52,6 +52,7 @@ def _wrap(behavior, request_streaming: bool, response_streaming: bool):
             elif isinstance(request, Malformed):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message())
             responses = behavior(request, context)
+            request = None  # the servicer holds it as long as it needs it, not this frame
             try:
                 async for response in responses:
                     yield response
