@@ -258,8 +258,9 @@ class BatchStore:
         if sealed_tokens:
             pipe.hset(self.creds_key(batch_id), mapping=sealed_tokens)
             pipe.expire(self.creds_key(batch_id), self.retention)
-        if fields:
-            pipe.hset(self.tasks_key(batch_id), mapping=fields)
+        names = list(fields)
+        for start in range(0, len(names), 5000):  # bounded commands, whatever the batch size
+            pipe.hset(self.tasks_key(batch_id), mapping={k: fields[k] for k in names[start:start + 5000]})
         pipe.expire(self.tasks_key(batch_id), self.retention)
         await pipe.execute()
 

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 GROUP = "gw"
+PUSH_CHUNK = 1000
 WORK_CHANNEL_SUFFIX = "work"
 
 
@@ -85,8 +86,13 @@ class TaskQueues:
         self._groups.add(key)
 
     async def push(self, items: list[tuple[QueueName, dict[str, bytes | str | int]]]) -> None:
-        """Append entries (one pipeline) and wake the gateways of the pools concerned."""
+        """Append entries (pipelines of at most PUSH_CHUNK) and wake the gateways of the pools
+        concerned. Chunks keep each round trip short, whatever the batch size."""
         if not items:
+            return
+        if len(items) > PUSH_CHUNK:
+            for start in range(0, len(items), PUSH_CHUNK):
+                await self.push(items[start:start + PUSH_CHUNK])
             return
         keys = {q.redis_key(self.prefix): q for q, _ in items}
         for key in keys:
