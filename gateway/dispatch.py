@@ -1,12 +1,17 @@
 """The dispatcher: moves queued attempts to workers under the keys' leases, and results back.
 
-For each pool, one loop reads new entries from every queue whose key is not waiting for a
-lease, as many as the pool's workers have credits for. For each entry:
+For each pool, one loop takes work from every queue whose key is not waiting for a lease, as
+much as the pool's workers have credits for:
 
-    start (task still live?) ─▶ lease for its key ─▶ a worker's credit ─▶ Assignment frame
-                 │ no                 │ none free: a waiter per key takes a FIFO ticket and the
-                 ▼                    ▼ key's queue is not read until the waiter is served
-               ack                 (other keys' queues go on being read: no head-of-line blocking)
+    limited key:  leases for n slots ─▶ read n entries ─┐
+                     │ none free: one waiter per key     │
+                     ▼ takes a FIFO ticket; that queue   ├─▶ start (task still live?) ─▶ a
+                       is not read until it is served    │    worker's credit ─▶ Assignment frame
+    other queues: read n entries ───────────────────────┘          │ no
+                                                                   ▼ ack (and release its lease)
+
+A saturated key's entries stay in its stream while other keys' queues go on being read: no
+head-of-line blocking, and the queue depth in Redis is exact.
 
 Results come back in frames; each frame is recorded with a few pipelined round trips
 (`BatchStore.finish_many`, lease release, ack). A failed attempt is re-queued as attempt + 1
@@ -14,8 +19,8 @@ when that can help (worker lost, lease lost, fallback to the next provider), up 
 `max_attempts`.
 
 What this process holds in memory is only what it is working on right now (attempts in flight
-on its own worker streams, and entries in hand waiting for a lease or a credit): all of it is
-also pending in Redis, so another gateway claims it if this one dies.
+on its own worker streams, and entries in hand waiting for a credit): all of it is also
+pending in Redis, so another gateway claims it if this one dies.
 """
 
 from __future__ import annotations
