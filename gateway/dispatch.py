@@ -38,11 +38,12 @@ from redis.exceptions import RedisError
 
 from imagemesh import metrics
 from imagemesh.credentials import Sealer
-from imagemesh.errors import TaskFailure, WorkerLost
+from imagemesh.errors import RateLimited, TaskFailure, WorkerLost
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
 
 from .batches import BatchStore, task_id
+from .budget import DailyBudget
 from .dedup import Dedup
 from .pools import Pool, Worker
 from .queues import Entry, QueueName, TaskQueues
@@ -105,7 +106,7 @@ class DispatchSettings:
 class Dispatcher:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
                  leases, routing: Routing, sealer: Sealer, settings: DispatchSettings,
-                 cancel_channel: str, dedup: Dedup) -> None:
+                 cancel_channel: str, dedup: Dedup, budget: DailyBudget) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -115,6 +116,7 @@ class Dispatcher:
         self.s = settings
         self.cancel_channel = cancel_channel
         self.dedup = dedup
+        self.budget = budget
         self.pools = {name: Pool(name) for name in POOLS}
         self.inflight: dict[str, Attempt] = {}
         self._known_queues: dict[str, set[QueueName]] = {name: set() for name in POOLS}
@@ -269,6 +271,13 @@ class Dispatcher:
         if spare:
             await self.leases.release(spare)
         await self.queues.ack(dead)
+        allowed = await self.budget.spend([a.key_id for a in runnable])
+        for a, ok in zip(runnable, allowed):
+            if not ok:
+                await self._finish_failed([a], RateLimited(
+                    f"the daily budget of {self.budget.limit_for(a.key_id)} predictions for key "
+                    f"{self.routing.alias(a.key_id)} is spent; it resets at 00:00 UTC", retryable=False))
+        runnable = [a for a, ok in zip(runnable, allowed) if ok]
         for a in runnable:
             self.inflight[a.attempt_id] = a
         await self._assign(runnable)

@@ -32,6 +32,7 @@ from . import wire
 from .admin import MeshAdminServicer
 from .api import ImageMeshServicer
 from .batches import BatchStore
+from .budget import DailyBudget
 from .dedup import Dedup
 from .dispatch import Dispatcher, DispatchSettings
 from .queues import TaskQueues
@@ -98,7 +99,8 @@ class Gateway:
                                       max_attempts=settings.max_attempts,
                                       heartbeat_interval=settings.heartbeat_interval,
                                       hedge_delay=settings.hedge_delay),
-            cancel_channel=self.cancel_channel, dedup=self.dedup)
+            cancel_channel=self.cancel_channel, dedup=self.dedup,
+            budget=DailyBudget(self.redis, parse_mapping(settings.key_daily_budgets, value_type=int), prefix=p))
         self.service = BatchService(
             redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
             sealer=self.sealer, dispatcher=self.dispatcher, dedup=self.dedup,

@@ -20,6 +20,7 @@ class GatewaySettings(CommonSettings):
     providers: str = setting("local,replicate,fal,openai", "Providers the mesh offers")
     default_providers: str = setting("local", "Provider order for tasks that name none")
     key_limits: str = setting("local=0,replicate=8,fal=4,openai=4", "Default concurrency limit per provider key (0: not limited)")
+    key_daily_budgets: str = setting("", "Optional predictions per key per UTC day, per provider (e.g. replicate=1000); past it tasks fail RATE_LIMITED")
     key_aliases: str = setting("", "Names for key ids in metrics and admin output: provider:fingerprint=alias,...")
     allow_server_tokens: bool = setting(False, "Let client (non-admin) keys use the server's provider tokens")
     replicate_token: str = setting("", "Server token for Replicate")

@@ -147,3 +147,17 @@ async def test_identical_tasks_in_flight_run_once_and_every_caller_gets_the_resu
     assert a.files[0].url == b.files[0].url
     assert a.files[0].filename == "a.png" and b.files[0].filename == "b.png"
     assert a.labels["who"] == "a" and b.labels["who"] == "b"
+
+
+async def test_a_spent_daily_budget_fails_tasks_with_rate_limited(mesh_factory):
+    async with FakeProviders(latency=0.02) as fake:
+        m = provider_mesh(mesh_factory, fake.url, "replicate", IMAGEMESH_KEY_DAILY_BUDGETS="replicate=2")
+        async with Client(m.address, CLIENT_KEY) as c:
+            tasks = [pb.Task(generate=pb.GenerateSpec(prompt=f"b{i}")) for i in range(3)]
+            events = [e async for e in c.submit(tasks, credentials={"replicate": TOKEN})]
+        jobs = fake.stats(TOKEN)["jobs"]
+    results = [e.result for e in events if e.HasField("result")]
+    assert sorted(r.state for r in results) == [pb.SUCCEEDED, pb.SUCCEEDED, pb.FAILED]
+    failed = next(r for r in results if r.state == pb.FAILED)
+    assert failed.error.code == "RATE_LIMITED" and "daily budget of 2" in failed.error.message
+    assert jobs == 2
