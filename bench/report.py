@@ -104,7 +104,9 @@ def markdown(results: dict) -> str:
            f"load average at start {m['load_average_at_start']} (the cores are shared with other work: "
            "figures are medians of alternating repetitions, with their range)",
            f"- Run: {results['started']}, {results['duration_s']:.0f} s in all"
-           f"{', --quick' if results.get('quick') else ''}; soak {results.get('soak_seconds', 0):.0f} s", ""]
+           f"{', --quick' if results.get('quick') else ''}; soak {results.get('soak_seconds', 0):.0f} s"
+           + (f"; this run: scenarios {results['only']} (the others are from earlier runs, see their dates)"
+              if results.get("only") else ""), ""]
     goals = [[f"{n}. {s.get('title', '')}", *g] for n, s in sorted(results["scenarios"].items(), key=lambda x: int(x[0]))
              for g in _goal_rows(s.get("goals", []))]
     if goals:
@@ -125,7 +127,7 @@ def markdown(results: dict) -> str:
         for name in s.get("pending", []):
             out += [f"`bench.{name}`: pending (not written when this run started).", ""]
         out += [f"- {note}" for note in s.get("notes", [])]
-        out += [f"- ran in {s.get('duration_s', 0):.0f} s", ""]
+        out += [f"- ran in {s.get('duration_s', 0):.0f} s, at {s.get('ran_at', '?')}", ""]
     return "\n".join(out)
 
 

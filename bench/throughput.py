@@ -13,6 +13,8 @@ IMAGEMESH_MAX_BATCH_TASKS is kept). Gateway CPU-seconds come from psutil on the 
 from __future__ import annotations
 
 import asyncio
+import os
+import statistics
 import time
 
 from bench import rig as R
@@ -26,21 +28,24 @@ BATCH = 1000
 CAPACITY = "32"
 
 
-async def _mesh_run(m, tasks_per_run: int, make, credentials=None) -> dict:
+async def _mesh_run(m, tasks_per_run: int, make, credentials=None, redis_pid: int | None = None) -> dict:
     gw = m.gateways[0].proc.pid
     workers = [w.proc.pid for w in m.workers]
     batches = [make(min(BATCH, tasks_per_run - i)) for i in range(0, tasks_per_run, BATCH)]
     cpu_gw, cpu_w, cpu_c = cpu_seconds(gw), sum(cpu_seconds(p) for p in workers), time.process_time()
+    cpu_r = cpu_seconds(redis_pid) if redis_pid else 0.0
     outcomes, wall = await run_batches(m.address, R.CLIENT_KEY, batches, credentials=credentials)
     cpu_gw, cpu_w = cpu_seconds(gw) - cpu_gw, sum(cpu_seconds(p) for p in workers) - cpu_w
     cpu_c = time.process_time() - cpu_c
+    cpu_r = (cpu_seconds(redis_pid) - cpu_r) if redis_pid else float("nan")
     t = tally(outcomes)
     if t["states"].get("SUCCEEDED", 0) != tasks_per_run:
         raise RuntimeError(f"mesh run: {t}")
     return {"wall_s": wall, "tasks_per_s": tasks_per_run / wall,
             "gateway_cpu_s_per_1000": 1000 * cpu_gw / tasks_per_run,
             "workers_cpu_s_per_1000": 1000 * cpu_w / tasks_per_run,
-            "client_cpu_s_per_1000": 1000 * cpu_c / tasks_per_run}
+            "client_cpu_s_per_1000": 1000 * cpu_c / tasks_per_run,
+            "redis_cpu_s_per_1000": 1000 * cpu_r / tasks_per_run}
 
 
 async def run(rig: R.Rig) -> dict:
@@ -59,10 +64,12 @@ async def run(rig: R.Rig) -> dict:
                 await _mesh_run(m, 1000, lambda k: local_tasks(k, prefix="w"))
                 await asyncio.to_thread(run_celery, celery_url, 200, cprocs, 60)
                 for rep in range(reps):
-                    runs["mesh_local"].append(await _mesh_run(m, n, lambda k: local_tasks(k, prefix=f"l{rep}-")))
+                    runs["mesh_local"].append(await _mesh_run(m, n, lambda k: local_tasks(k, prefix=f"l{rep}-"),
+                                                              redis_pid=rig.redis.proc.pid))
                     runs["celery"].append(await asyncio.to_thread(run_celery, celery_url, n, cprocs, 180))
                     runs["mesh_fake_replicate"].append(await _mesh_run(
-                        m, n_ref, lambda k: replicate_tasks(k, prefix=f"r{rep}-"), credentials={"replicate": "tok"}))
+                        m, n_ref, lambda k: replicate_tasks(k, prefix=f"r{rep}-"), credentials={"replicate": "tok"},
+                        redis_pid=rig.redis.proc.pid))
     return summarize(runs, n, n_ref)
 
 
@@ -71,6 +78,9 @@ def summarize(runs: dict[str, list[dict]], n: int, n_ref: int) -> dict:
         return spread([r[field] for r in runs[name]], 3)
 
     mesh_tps, celery_tps = col("mesh_local", "tasks_per_s"), col("celery", "tasks_per_s")
+    total = [sum(r[f] for f in ("gateway_cpu_s_per_1000", "workers_cpu_s_per_1000", "client_cpu_s_per_1000",
+                                "redis_cpu_s_per_1000")) for r in runs["mesh_local"]]
+    cores = os.cpu_count() or 1
     ratios = [a["tasks_per_s"] / b["tasks_per_s"] for a, b in zip(runs["mesh_local"], runs["celery"])]
     ratio = spread(ratios, 2)
     rows = [
@@ -101,7 +111,11 @@ def summarize(runs: dict[str, list[dict]], n: int, n_ref: int) -> dict:
                   f"medians with [min–max]. Tasks submitted as batches of {BATCH} at once; worker capacity {CAPACITY}.",
                   "The ceiling uses the offline `local` provider (latency 0, 16×16 PNG); the fake-Replicate row goes "
                   "through real HTTP on loopback (httpx → aiohttp) and is for reference only.",
-                  f"mesh/Celery ratio per repetition: {ratio['values']}"],
+                  f"mesh/Celery ratio per repetition: {ratio['values']}",
+                  f"CPU per 1 000 tasks of the whole mesh run (gateway + workers + this client + Redis): "
+                  f"{fmt(spread(total, 3))} s; on {cores} cores that alone bounds the end-to-end rate at "
+                  f"≈{1000 * cores / statistics.median(total):.0f} tasks/s — every process of the run shares them. "
+                  f"Redis CPU-s / 1 000 tasks: {fmt(col('mesh_local', 'redis_cpu_s_per_1000'))}."],
         "raw": runs,
     }
 
