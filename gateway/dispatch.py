@@ -121,6 +121,7 @@ class Dispatcher:
         self.inflight: dict[str, Attempt] = {}
         self._known_queues: dict[str, set[QueueName]] = {name: set() for name in POOLS}
         self._blocked: set[QueueName] = set()
+        self._busy: set[QueueName] = set()  # queues that had entries at the last read
         self._wake = {name: asyncio.Event() for name in POOLS}
         self._tokens: OrderedDict[str, dict[str, bytes]] = OrderedDict()
         self._tasks: list[asyncio.Task] = []
@@ -174,7 +175,11 @@ class Dispatcher:
                 ready = [q for q in self._known_queues[name] if q not in self._blocked]
                 found = 0
                 if ready:
-                    per_queue = max(1, min(self.s.read_batch, pool.credits) // len(ready))
+                    # Share the credits among the queues that had work last time: an idle
+                    # queue reads nothing whatever its share, and counting it would only make
+                    # the busy ones read in smaller pieces.
+                    busy = sum(1 for q in ready if q in self._busy) or 1
+                    per_queue = max(1, min(self.s.read_batch, pool.credits) // busy)
                     found = await self._take(ready, per_queue)
                 if not found:
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -200,6 +205,7 @@ class Dispatcher:
         limited = [q for q in ready if self.routing.is_leased_key(q.key_id)]
         entries = await self.queues.read(plain, per_queue) if plain else []
         leased: list[tuple[Entry, object]] = []
+        lags: dict[QueueName, int] = {}
         if limited:
             lags = await self.queues.lags(limited)
             for q in limited:
@@ -211,6 +217,7 @@ class Dispatcher:
                     self._wait_for_leases(q, want)
                     continue
                 leased += await self._read_leased(q, leases)
+        self._busy = {QueueName.parse(e.queue) for e in entries} | {q for q in limited if lags.get(q, 0) > 0}
         await self._admit(entries, leased)
         return len(entries) + len(leased)
 
