@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 from redis.exceptions import RedisError
@@ -19,6 +20,7 @@ from imagemesh.auth import ApiKeys, Caller
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 
+from .batches import BadCursor
 from .service import BatchService, Forbidden, NotFound, Overloaded
 from .validation import BadRequest
 
@@ -42,7 +44,7 @@ async def translated(context: grpc.aio.ServicerContext):
     """Turn domain exceptions into gRPC statuses."""
     try:
         yield
-    except BadRequest as exc:
+    except (BadRequest, BadCursor) as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except NotFound as exc:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
@@ -54,6 +56,30 @@ async def translated(context: grpc.aio.ServicerContext):
     except RedisError as exc:
         log.warning("Redis unavailable: %s", type(exc).__name__)
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the task store (Redis) is unavailable; retry")
+
+
+async def _until(events: AsyncIterator, stop: asyncio.Event) -> AsyncIterator:
+    """The items of `events` until it ends or `stop` is set, whichever comes first."""
+    it = aiter(events)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            nxt = asyncio.ensure_future(anext(it))
+            done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:
+                nxt.cancel()
+                with contextlib.suppress(BaseException):
+                    await nxt
+                return
+            try:
+                item = nxt.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        stopper.cancel()
+        with contextlib.suppress(BaseException):
+            await it.aclose()
 
 
 class ImageMeshServicer(pb_grpc.ImageMeshServicer):
@@ -84,6 +110,7 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
             batch_id = await self.service.open_session(caller, first.open)
         tokens = dict(first.open.credentials)
         closed = asyncio.Event()
+        failed = asyncio.Event()
         failure: list[BaseException] = []
 
         async def read_tasks() -> None:
@@ -101,12 +128,15 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
                 # can't be told from a disconnect here).
                 await self._abandon(caller, batch_id, first.open)
                 closed.set()
-            except BadRequest as exc:
-                # Session-level misuse: end the batch (its summary wakes the response side,
-                # which then answers INVALID_ARGUMENT).
+            except (BadRequest, Overloaded, RedisError) as exc:
+                # The session can't go on (misuse, overload, Redis down): close it, so the tasks
+                # accepted so far finish and summarise (WatchBatch follows them), and answer the
+                # status now.
                 failure.append(exc)
-                await self.service.close_session(batch_id)
+                with contextlib.suppress(Exception):
+                    await self.service.close_session(batch_id)
                 closed.set()
+                failed.set()
             except Exception as exc:  # the request stream broke: the client is gone (see finally)
                 failure.append(exc)
 
@@ -114,10 +144,10 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
         metrics.CLIENT_STREAMS.inc()
         try:
             async with translated(context):
-                async for event in self.service.events(batch_id):
-                    if failure and isinstance(failure[0], (BadRequest, RedisError)):
-                        raise failure[0]
+                async for event in _until(self.service.events(batch_id), failed):
                     yield event
+                if failed.is_set():
+                    raise failure[0]
         finally:
             metrics.CLIENT_STREAMS.dec()
             if not reader.done():

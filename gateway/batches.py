@@ -3,23 +3,50 @@
 All of a batch's keys share the hash tag `{<batch_id>}`, so every script below touches one slot
 and works on Redis Cluster:
 
-    im:{B}:meta     hash    tenant, created_ms, total, closed, ok, failed, cancelled, done, enq, bytes
-    im:{B}:tasks    hash    per task i: `i:st` (TaskState), `i:att` (newest attempt), `i:a:<n>`
-                            (attempt n is live), `i:live` (how many are), `i:fn` (output filename)
-    im:{B}:ev       stream  the batch's events; entry ids are the clients' cursors
-    im:{B}:cred     hash    provider -> sealed caller token (see imagemesh.credentials)
+    im:{B}:meta   hash    tenant, mode (batch|session), created_ms, total, closed, acc, ok,
+                          failed, cancelled, done, bytes, digest, writer, writer_until
+    im:{B}:tasks  hash    per task i:
+                            i:st      TaskState
+                            i:att     newest attempt number
+                            i:a:<n>   attempt n is live (i:live counts them)
+                            i:run:<n> the queue entry that started attempt n (one entry runs it)
+                            i:nx:<k>  the attempt that replaced attempt k (a requeue, done once)
+                            i:hx:<k>  the attempt hedged from attempt k
+                            i:acc     the task's acceptance is in the log (session tasks)
+                            i:fn      output filename       i:pl  pool (g|e)
+                            i:dd      deduplication identity; then i:res keeps the final result
+    im:{B}:ev     stream  the batch's events; entry ids are the clients' cursors
+    im:{B}:stash  hash    i -> a result recorded before the task's acceptance was logged
+    im:{B}:cred   hash    provider -> sealed caller token (see imagemesh.credentials)
 
-One hash for all of a batch's tasks (not a key per task) keeps submission at one command per
-batch and memory small with 100 000 queued tasks. Every key expires `retention` seconds after
-the batch was created or finished.
+Every key expires `retention` seconds after the batch was created or finished.
 
-Exactly-once results (invariant 4) rest on `FINISH`: it moves a task to a final state only if
-the task is not final yet and the reporting attempt is still live, and appends the result event
-in the same script. Any number of stale, duplicate or late reports can arrive; one wins.
+Accept-once (invariant 4, 9). A batch is accepted in steps, each idempotent, so that any number
+of concurrent or repeated `SubmitBatch` calls with one batch id, and a crash between any two
+steps, write and enqueue each task once and never reset a task:
+
+    CREATE   reserve the id: one caller becomes the *writer* (a token with a deadline); the
+             others wait for it, or take over once its deadline passed (it crashed)
+    RECORDS  task records, written only where absent (a final task is never reset)
+    push     queue entries (gateway.queues); a duplicate from a taken-over writer is harmless:
+             START lets one entry per attempt run
+    COMMIT   the `accepted` event, only by the current writer; then results recorded before it
+             (a fast task, a cancel) are appended from the stash, so `accepted` is always first
+
+Exactly-once results rest on FINISH: it moves a task to a final state only if the task is not
+final yet and the reporting attempt is still live. Any number of stale, duplicate or late
+reports can arrive; one wins. NEXT (a requeue) is idempotent per replaced attempt, so a
+gateway that dies between NEXT, the push of the new entry and the ack of the old one is
+recovered by whoever claims the old entry: it gets the same new attempt number, and START
+runs only one of the two entries that may then exist.
+
+States are named in Lua through gateway.states (generated from the proto enum).
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -27,46 +54,50 @@ import redis.asyncio as aioredis
 
 from imagemesh.v1 import imagemesh_pb2 as pb
 
-FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
+from .states import FINAL, LUA_STATES
 
-# KEYS[1] meta, KEYS[2] events. ARGV: tenant, total, closed (0|1), retention s, accepted payload,
-# input bytes. Returns 1 when created, 0 when the batch already existed (for the same tenant),
-# -1 when the id belongs to another tenant.
-_CREATE = """
-local tenant = redis.call('HGET', KEYS[1], 'tenant')
-if tenant then
-  if tenant ~= ARGV[1] then return -1 end
-  return 0
-end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'created_ms', now, 'total', ARGV[2],
-           'closed', ARGV[3], 'ok', 0, 'failed', 0, 'cancelled', 0, 'done', 0, 'bytes', ARGV[6])
-redis.call('XADD', KEYS[2], '*', 'k', 'accepted', 'd', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return 1
-"""
+FINAL_STATES = FINAL
+CURSOR = re.compile(r"\A\d{1,20}-\d{1,20}\Z")
 
-# Shared head of the task scripts: the task's state, and whether an attempt is live.
-_TASK = """
+# Shared head of every task script: states, a task's state, whether an attempt is live, and
+# whether the task's acceptance is in the log (a whole batch at COMMIT, a session task alone).
+_TASK = LUA_STATES + """
 local function state(tasks, i)
   return tonumber(redis.call('HGET', tasks, i .. ':st') or '-1')
 end
 local function live(tasks, i, attempt)
   return redis.call('HEXISTS', tasks, i .. ':a:' .. attempt) == 1
 end
+-- Attempts of the task that are live besides k (a hedge counts once its entry started).
+local function others_live(tasks, i, k)
+  local n = tonumber(redis.call('HGET', tasks, i .. ':live') or '0')
+  if redis.call('HGET', tasks, i .. ':a:' .. k) == '1' then n = n - 1 end
+  return n > 0
+end
+-- Attempt k stops being live.
+local function retire(tasks, i, k)
+  if redis.call('HGET', tasks, i .. ':a:' .. k) == '1' then redis.call('HINCRBY', tasks, i .. ':live', -1) end
+  redis.call('HDEL', tasks, i .. ':a:' .. k)
+end
+local function accepted(meta, tasks, i)
+  local m = redis.call('HMGET', meta, 'mode', 'acc')
+  if m[1] == 'session' then return redis.call('HEXISTS', tasks, i .. ':acc') == 1 end
+  return m[2] == '1'
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
 """
 
-# Shared tail of FINISH and CLOSE: append the summary once every task is final and no more can
-# be added, and keep the batch `retention` seconds from now.
+# Shared tail: append the summary once every task is final and no more can be added, and keep
+# the batch `retention` seconds from now.
 _SUMMARY = """
 local function maybe_summary(meta, events, tasks, retention)
-  local m = redis.call('HMGET', meta, 'total', 'ok', 'failed', 'cancelled', 'closed', 'created_ms', 'done')
+  local m = redis.call('HMGET', meta, 'total', 'ok', 'failed', 'cancelled', 'closed', 'created_ms', 'done', 'acc')
   local total, ok, failed, cancelled = tonumber(m[1]), tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
-  if m[5] ~= '1' or m[7] == '1' or ok + failed + cancelled < total then return end
-  local t = redis.call('TIME')
-  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  if m[5] ~= '1' or m[7] == '1' or m[8] ~= '1' or ok + failed + cancelled < total then return end
+  local now = now_ms()
   redis.call('HSET', meta, 'done', 1, 'finished_ms', now)
   redis.call('XADD', events, '*', 'k', 'summary', 'total', total, 'ok', ok, 'failed', failed,
              'cancelled', cancelled, 'duration_ms', now - tonumber(m[6]))
@@ -74,79 +105,220 @@ local function maybe_summary(meta, events, tasks, retention)
   redis.call('EXPIRE', events, retention)
   redis.call('EXPIRE', tasks, retention)
 end
+-- A final result: counted and logged if the task's acceptance is logged, stashed otherwise.
+local function record(meta, events, tasks, stash, i, st, payload, retention)
+  if accepted(meta, tasks, i) then
+    redis.call('HINCRBY', meta, COUNTER[st], 1)
+    redis.call('XADD', events, '*', 'k', 'result', 'd', payload)
+    maybe_summary(meta, events, tasks, retention)
+  else
+    redis.call('HSET', stash, i, payload)
+    redis.call('EXPIRE', stash, retention)
+  end
+end
 """
 
-# KEYS[1] tasks, KEYS[2] meta, KEYS[3] events. ARGV: index, attempt ('*' = any live or not),
-# state, result payload, retention s. Returns 1 when this report became the task's result, 0
-# when it was stale (task already final, or the attempt no longer live).
-_FINISH = _TASK + _SUMMARY + """
-local i = ARGV[1]
-local st = state(KEYS[1], i)
-if st < 0 or st >= 3 then return 0 end
-if ARGV[2] ~= '*' and not live(KEYS[1], i, ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], i .. ':st', ARGV[3])
-local counter = ({['3'] = 'ok', ['4'] = 'failed', ['5'] = 'cancelled'})[ARGV[3]]
-redis.call('HINCRBY', KEYS[2], counter, 1)
-redis.call('XADD', KEYS[3], '*', 'k', 'result', 'd', ARGV[4])
-maybe_summary(KEYS[2], KEYS[3], KEYS[1], ARGV[5])
+# KEYS: meta. ARGV: tenant, total, closed (0|1), retention s, input bytes, writer token,
+# writer ttl ms, digest, mode (batch|session).
+# Returns {1} created (the caller writes), {2} taken over from a writer whose deadline passed
+# (the caller writes), {3, ms} another writer is at work (ask again), {0} already accepted,
+# {-1} another tenant's id, {-2} this id was used for different tasks.
+_CREATE = _TASK + """
+local m = redis.call('HMGET', KEYS[1], 'tenant', 'acc', 'writer_until', 'digest')
+local now = now_ms()
+if m[1] then
+  if m[1] ~= ARGV[1] then return {-1} end
+  if ARGV[8] ~= '' and m[4] and m[4] ~= '' and m[4] ~= ARGV[8] then return {-2} end
+  if m[2] == '1' then return {0} end
+  local until_ms = tonumber(m[3] or '0')
+  if until_ms > now then return {3, until_ms - now} end
+  redis.call('HSET', KEYS[1], 'writer', ARGV[6], 'writer_until', now + tonumber(ARGV[7]))
+  return {2}
+end
+redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'mode', ARGV[9], 'created_ms', now, 'total', ARGV[2],
+           'closed', ARGV[3], 'acc', 0, 'ok', 0, 'failed', 0, 'cancelled', 0, 'done', 0,
+           'bytes', ARGV[5], 'digest', ARGV[8], 'writer', ARGV[6], 'writer_until', now + tonumber(ARGV[7]))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {1}
+"""
+
+# KEYS: tasks. ARGV: retention s, then (index, filename, pool g|e, dedup identity or '')
+# quadruples. Writes each task's record (QUEUED, attempt 1 live) only where it is absent.
+# Returns how many were written.
+_RECORDS = _TASK + """
+local written = 0
+for k = 2, #ARGV, 4 do
+  local i = ARGV[k]
+  if redis.call('HEXISTS', KEYS[1], i .. ':st') == 0 then
+    redis.call('HSET', KEYS[1], i .. ':st', QUEUED, i .. ':att', 1, i .. ':a:1', 1, i .. ':live', 1,
+               i .. ':fn', ARGV[k + 1], i .. ':pl', ARGV[k + 2])
+    if ARGV[k + 3] ~= '' then redis.call('HSET', KEYS[1], i .. ':dd', ARGV[k + 3]) end
+    written = written + 1
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return written
+"""
+
+# KEYS: meta, events, tasks, stash. ARGV: writer token, accepted payload, retention s.
+# Returns 1 committed now, 0 already committed, -1 the caller is no longer the writer,
+# -2 the batch is gone (expired).
+_COMMIT = _TASK + _SUMMARY + """
+local m = redis.call('HMGET', KEYS[1], 'tenant', 'acc', 'writer')
+if not m[1] then return -2 end
+if m[2] == '1' then return 0 end
+if m[3] ~= ARGV[1] then return -1 end
+redis.call('XADD', KEYS[2], '*', 'k', 'accepted', 'd', ARGV[2])
+redis.call('HSET', KEYS[1], 'acc', 1)
+redis.call('HDEL', KEYS[1], 'writer', 'writer_until')
+local stashed = redis.call('HGETALL', KEYS[4])
+for k = 1, #stashed, 2 do
+  local st = state(KEYS[3], stashed[k])
+  redis.call('HINCRBY', KEYS[1], COUNTER[st], 1)
+  redis.call('XADD', KEYS[2], '*', 'k', 'result', 'd', stashed[k + 1])
+end
+redis.call('DEL', KEYS[4])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+maybe_summary(KEYS[1], KEYS[2], KEYS[3], ARGV[3])
 return 1
 """
 
-# KEYS[1] meta, KEYS[2] events, KEYS[3] tasks. ARGV: retention s. No more tasks can be added.
-_CLOSE = _SUMMARY + """
+# KEYS: meta, events, tasks, stash. ARGV: index, TaskAccepted payload, retention s.
+# A session's task is accepted (its record and queue entry exist): logged once. Returns 1, or
+# 0 when the session closed meanwhile (the task is then stopped without an event: it was never
+# accepted), -2 when the batch is gone.
+_ACCEPT_TASK = _TASK + _SUMMARY + """
+local m = redis.call('HMGET', KEYS[1], 'tenant', 'closed')
+if not m[1] then return -2 end
+local i = ARGV[1]
+if redis.call('HEXISTS', KEYS[3], i .. ':acc') == 1 then return 1 end
+if m[2] ~= '0' then
+  if not is_final(state(KEYS[3], i)) then redis.call('HSET', KEYS[3], i .. ':st', CANCELLED) end
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'total', 1)
+redis.call('HSET', KEYS[3], i .. ':acc', 1)
+redis.call('XADD', KEYS[2], '*', 'k', 'task_accepted', 'd', ARGV[2])
+local r = redis.call('HGET', KEYS[4], i)
+if r then
+  redis.call('HDEL', KEYS[4], i)
+  redis.call('HINCRBY', KEYS[1], COUNTER[state(KEYS[3], i)], 1)
+  redis.call('XADD', KEYS[2], '*', 'k', 'result', 'd', r)
+end
+return 1
+"""
+
+# KEYS: tasks, meta, events, stash. ARGV: index, attempt ('*' = any), state, result payload,
+# retention s, retire (0|1).
+# Returns 1 when this report became the task's result, 0 when it was stale (task final, or
+# the attempt no longer live), 2 when retire=1 and another attempt of the task is live: this
+# attempt only stops being live (a raced attempt that failed while another still runs).
+_FINISH = _TASK + _SUMMARY + """
+local i = ARGV[1]
+local st = state(KEYS[1], i)
+if st < 0 or is_final(st) then return 0 end
+if ARGV[2] ~= '*' and not live(KEYS[1], i, ARGV[2]) then return 0 end
+local new = tonumber(ARGV[3])
+if not is_final(new) then return redis.error_reply('FINISH: state ' .. ARGV[3] .. ' is not final') end
+if ARGV[6] == '1' and others_live(KEYS[1], i, ARGV[2]) then
+  retire(KEYS[1], i, ARGV[2])
+  return 2
+end
+redis.call('HSET', KEYS[1], i .. ':st', new)
+if redis.call('HEXISTS', KEYS[1], i .. ':dd') == 1 then redis.call('HSET', KEYS[1], i .. ':res', ARGV[4]) end
+record(KEYS[2], KEYS[3], KEYS[1], KEYS[4], i, new, ARGV[4], ARGV[5])
+return 1
+"""
+
+# KEYS: tasks. ARGV: index, attempt, queue entry id. May this entry run this attempt? Only if
+# the task is not final, the attempt is live, and no other entry started it (a duplicate entry
+# left by a crash between a requeue's steps). Marks the task RUNNING. Returns 1 to go ahead,
+# 0 to drop the entry.
+_START = _TASK + """
+local i, n = ARGV[1], ARGV[2]
+local st = state(KEYS[1], i)
+if st < 0 or is_final(st) or not live(KEYS[1], i, n) then return 0 end
+local run = redis.call('HGET', KEYS[1], i .. ':run:' .. n)
+if run and run ~= ARGV[3] then return 0 end
+if not run and redis.call('HGET', KEYS[1], i .. ':a:' .. n) == 'h' then
+  redis.call('HSET', KEYS[1], i .. ':a:' .. n, 1)
+  redis.call('HINCRBY', KEYS[1], i .. ':live', 1)
+end
+redis.call('HSET', KEYS[1], i .. ':run:' .. n, ARGV[3], i .. ':st', RUNNING)
+return 1
+"""
+
+# KEYS: tasks. ARGV: index, old attempt k, keep k live (0|1: a hedge), retire (0|1), the
+# queue entry id of k.
+# Makes attempt att+1 live and returns its number; asked again for the same k (a retry, or the
+# gateway that claimed k's entry after a crash) it returns the same number. Returns 0 when the
+# task is final, k is no longer live (someone else moved it on) or another entry than this one
+# started k (this one is a duplicate), -1 when retire=1 and another attempt is live (k only
+# stops being live: the task goes on through the other one). A hedge (keep=1) is live only
+# once its entry starts (START), so a hedge whose entry was never pushed holds nothing up.
+_NEXT = _TASK + """
+local i, k = ARGV[1], ARGV[2]
+local st = state(KEYS[1], i)
+if st < 0 or is_final(st) then return 0 end
+local run = redis.call('HGET', KEYS[1], i .. ':run:' .. k)
+if run and run ~= ARGV[5] then return 0 end
+local mark = i .. (ARGV[3] == '1' and ':hx:' or ':nx:') .. k
+local made = redis.call('HGET', KEYS[1], mark)
+if made then return tonumber(made) end
+if not live(KEYS[1], i, k) then return 0 end
+if ARGV[4] == '1' and others_live(KEYS[1], i, k) then
+  retire(KEYS[1], i, k)
+  return -1
+end
+if ARGV[3] ~= '1' then
+  retire(KEYS[1], i, k)
+  redis.call('HSET', KEYS[1], i .. ':st', QUEUED)
+end
+local n = redis.call('HINCRBY', KEYS[1], i .. ':att', 1)
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], i .. ':a:' .. n, 'h', mark, n)
+else
+  redis.call('HSET', KEYS[1], i .. ':a:' .. n, 1, mark, n)
+  redis.call('HINCRBY', KEYS[1], i .. ':live', 1)
+end
+return n
+"""
+
+# KEYS: meta, events, tasks, stash. ARGV: retention s. No more tasks can be added.
+_CLOSE = _TASK + _SUMMARY + """
 if not redis.call('HGET', KEYS[1], 'tenant') then return 0 end
 redis.call('HSET', KEYS[1], 'closed', 1)
 maybe_summary(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS[1] tasks. ARGV: index, attempt. Marks the task RUNNING if that attempt is still live.
-# Returns 1 to go ahead, 0 when the task is final or the attempt stale (drop the entry).
-_START = _TASK + """
-local st = state(KEYS[1], ARGV[1])
-if st < 0 or st >= 3 or not live(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1] .. ':st', 2)
-return 1
-"""
-
-# KEYS[1] tasks. ARGV: index, old attempt, keep old live (0|1). Makes attempt att+1 live and
-# returns its number, or 0 when the task is final or the old attempt is no longer live (someone
-# else already moved it on).
-_NEXT_ATTEMPT = _TASK + """
-local i = ARGV[1]
-local st = state(KEYS[1], i)
-if st < 0 or st >= 3 or not live(KEYS[1], i, ARGV[2]) then return 0 end
-if ARGV[3] ~= '1' then
-  redis.call('HDEL', KEYS[1], i .. ':a:' .. ARGV[2])
-  redis.call('HINCRBY', KEYS[1], i .. ':live', -1)
+# KEYS: meta, events, tasks, stash. ARGV: retention s, then one CANCELLED result payload per
+# task index 0..n-1. Closes the batch and makes every unfinished task CANCELLED, atomically.
+# Returns how many it cancelled of each pool: {generate, enhance}.
+_CANCEL = _TASK + _SUMMARY + """
+if not redis.call('HGET', KEYS[1], 'tenant') then return 0 end
+redis.call('HSET', KEYS[1], 'closed', 1)
+local cancelled = {0, 0}
+for k = 2, #ARGV do
+  local i = tostring(k - 2)
+  local st = state(KEYS[3], i)
+  if st >= 0 and not is_final(st) then
+    redis.call('HSET', KEYS[3], i .. ':st', CANCELLED)
+    if redis.call('HEXISTS', KEYS[3], i .. ':dd') == 1 then redis.call('HSET', KEYS[3], i .. ':res', ARGV[k]) end
+    record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], i, CANCELLED, ARGV[k], ARGV[1])
+    local p = redis.call('HGET', KEYS[3], i .. ':pl') == 'e' and 2 or 1
+    cancelled[p] = cancelled[p] + 1
+  end
 end
-local n = redis.call('HINCRBY', KEYS[1], i .. ':att', 1)
-redis.call('HSET', KEYS[1], i .. ':a:' .. n, 1, i .. ':st', 1)
-redis.call('HINCRBY', KEYS[1], i .. ':live', 1)
-return n
+maybe_summary(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
+return cancelled
 """
 
-# KEYS[1] tasks. ARGV: index, attempt. A raced attempt failed: it stops being live. Returns how
-# many attempts of the task are still live (0: this failure is the task's result), -1 if final.
-_RETIRE = _TASK + """
-local i = ARGV[1]
-local st = state(KEYS[1], i)
-if st < 0 or st >= 3 then return -1 end
-if redis.call('HDEL', KEYS[1], i .. ':a:' .. ARGV[2]) == 1 then
-  return redis.call('HINCRBY', KEYS[1], i .. ':live', -1)
-end
-return tonumber(redis.call('HGET', KEYS[1], i .. ':live') or '0')
-"""
-
-# KEYS[1] meta, KEYS[2] events, KEYS[3] tasks. ARGV: TaskAccepted payload, field/value pairs of
-# the task's record... Adds one task to an open (Stream) batch; 0 when the batch is closed.
-_ADD_TASK = """
-if redis.call('HGET', KEYS[1], 'closed') ~= '0' then return 0 end
-redis.call('HINCRBY', KEYS[1], 'total', 1)
-redis.call('HSET', KEYS[3], unpack(ARGV, 2))
-redis.call('XADD', KEYS[2], '*', 'k', 'task_accepted', 'd', ARGV[1])
-return 1
-"""
+# Script names as the fault-injection sweep labels them (tests/faults).
+SCRIPTS = {"CREATE": _CREATE, "RECORDS": _RECORDS, "COMMIT": _COMMIT, "ACCEPT_TASK": _ACCEPT_TASK,
+           "FINISH": _FINISH, "START": _START, "NEXT": _NEXT, "CLOSE": _CLOSE, "CANCEL": _CANCEL}
 
 
 def task_id(batch_id: str, index: int) -> str:
@@ -158,13 +330,31 @@ def parse_task_id(tid: str) -> tuple[str, int]:
     return batch_id, int(index)
 
 
+class BadCursor(ValueError):
+    """A cursor that is malformed or beyond the batch's last event."""
+
+
 @dataclass(frozen=True)
 class NewTask:
     """A task record to write when a batch is accepted."""
 
     index: int
-    pool: str
     output_filename: str
+    pool: str = "generate"
+    dedup: str = ""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What CREATE said: `write` (this caller writes the batch: created or taken over),
+    `accepted` (nothing to do), `busy` (another writer is at work, ask again after
+    `wait_ms`), `foreign` (another tenant's id) or `mismatch` (the id was used for other tasks)."""
+
+    outcome: str
+    wait_ms: int = 0
+
+
+_RESERVATIONS = {1: "write", 2: "write", 3: "busy", 0: "accepted", -1: "foreign", -2: "mismatch"}
 
 
 @dataclass(frozen=True)
@@ -174,7 +364,7 @@ class BatchMeta:
     total: int
     closed: bool
     done: bool
-    enqueued: bool
+    accepted: bool
     created_ms: int
 
 
@@ -182,20 +372,17 @@ class BatchStore:
     """Reads and writes batches. Every method is a few round trips, whatever the batch size.
 
     Redis errors propagate (redis.exceptions.ConnectionError/TimeoutError): the servicer turns
-    them into UNAVAILABLE; nothing here half-applies a change that a retry can't finish.
+    them into UNAVAILABLE, the dispatcher retries; every write here is idempotent or fenced, so
+    a call whose reply was lost can be made again.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "im", retention: float = 86400) -> None:
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "im", retention: float = 86400,
+                 writer_ttl: float = 30.0) -> None:
         self.r = redis
         self.prefix = prefix
         self.retention = int(retention)
-        self._create = redis.register_script(_CREATE)
-        self._finish = redis.register_script(_FINISH)
-        self._close = redis.register_script(_CLOSE)
-        self._start = redis.register_script(_START)
-        self._next = redis.register_script(_NEXT_ATTEMPT)
-        self._add = redis.register_script(_ADD_TASK)
-        self._retire = redis.register_script(_RETIRE)
+        self.writer_ttl_ms = int(writer_ttl * 1000)
+        self._scripts = {name: redis.register_script(text) for name, text in SCRIPTS.items()}
 
     # -- key names ---------------------------------------------------------------------------
     def meta_key(self, b: str) -> str:
@@ -207,26 +394,125 @@ class BatchStore:
     def tasks_key(self, b: str) -> str:
         return f"{self.prefix}:{{{b}}}:tasks"
 
+    def stash_key(self, b: str) -> str:
+        return f"{self.prefix}:{{{b}}}:stash"
+
     def creds_key(self, b: str) -> str:
         return f"{self.prefix}:{{{b}}}:cred"
-
-    # -- creating ----------------------------------------------------------------------------
-    async def create(self, batch_id: str, tenant: str, total: int, *, closed: bool,
-                     accepted: pb.Accepted, input_bytes: int = 0) -> int:
-        """1: created; 0: the tenant's batch with that id exists; -1: another tenant's id."""
-        created = int(await self._create(
-            keys=[self.meta_key(batch_id), self.events_key(batch_id)],
-            args=[tenant, total, int(closed), self.retention, accepted.SerializeToString(), input_bytes]))
-        if created == 1:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.sadd(self.tenant_key(tenant), batch_id)
-            pipe.expire(self.tenant_key(tenant), self.retention)
-            await pipe.execute()
-        return created
 
     def tenant_key(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{{{tenant}}}:open"
 
+    def _four(self, b: str) -> list[str]:
+        return [self.meta_key(b), self.events_key(b), self.tasks_key(b), self.stash_key(b)]
+
+    # -- accepting ---------------------------------------------------------------------------
+    async def reserve(self, batch_id: str, tenant: str, total: int, *, writer: str, digest: str = "",
+                      input_bytes: int = 0, session: bool = False) -> Reservation:
+        """CREATE: see the module docstring. A new batch is registered as the tenant's."""
+        reply = await self._scripts["CREATE"](
+            keys=[self.meta_key(batch_id)],
+            args=[tenant, total, 0 if session else 1, self.retention, input_bytes, writer,
+                  self.writer_ttl_ms, digest, "session" if session else "batch"])
+        code = int(reply[0])
+        if code == 1:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.sadd(self.tenant_key(tenant), batch_id)
+            pipe.expire(self.tenant_key(tenant), self.retention)
+            await pipe.execute()
+        return Reservation(_RESERVATIONS[code], int(reply[1]) if len(reply) > 1 else 0)
+
+    async def write_records(self, batch_id: str, tasks: Iterable[NewTask], *,
+                            sealed_tokens: dict[str, bytes] | None = None) -> None:
+        """RECORDS: task records where absent (chunks of 500 tasks), and the sealed tokens."""
+        pipe = self.r.pipeline(transaction=False)
+        if sealed_tokens:
+            pipe.hset(self.creds_key(batch_id), mapping=sealed_tokens)
+            pipe.expire(self.creds_key(batch_id), self.retention)
+        args: list[str | int] = []
+        for t in tasks:
+            args += [t.index, t.output_filename, t.pool[0], t.dedup]
+            if len(args) >= 2000:
+                await self._scripts["RECORDS"](keys=[self.tasks_key(batch_id)], args=[self.retention, *args],
+                                               client=pipe)
+                args = []
+        if args:
+            await self._scripts["RECORDS"](keys=[self.tasks_key(batch_id)], args=[self.retention, *args], client=pipe)
+        await pipe.execute()
+
+    async def commit(self, batch_id: str, writer: str, accepted: pb.Accepted) -> int:
+        """COMMIT: 1 committed, 0 already, -1 no longer the writer, -2 the batch is gone."""
+        return int(await self._scripts["COMMIT"](
+            keys=self._four(batch_id), args=[writer, accepted.SerializeToString(), self.retention]))
+
+    async def accept_task(self, batch_id: str, index: int) -> int:
+        """ACCEPT_TASK (sessions): 1 accepted, 0 the session closed meanwhile, -2 gone."""
+        payload = pb.TaskAccepted(task_index=index, task_id=task_id(batch_id, index)).SerializeToString()
+        return int(await self._scripts["ACCEPT_TASK"](keys=self._four(batch_id),
+                                                      args=[index, payload, self.retention]))
+
+    async def close(self, batch_id: str) -> None:
+        await self._scripts["CLOSE"](keys=self._four(batch_id), args=[self.retention])
+
+    async def cancel(self, batch_id: str) -> dict[str, int]:
+        """Close the batch and cancel every unfinished task at once; returns how many of each
+        pool it cancelled."""
+        await self.close(batch_id)
+        meta = await self.meta(batch_id)
+        if meta is None:
+            return {}
+        payloads = [pb.TaskResult(task_index=i, task_id=task_id(batch_id, i), state=pb.CANCELLED,
+                                  error=pb.TaskError(code="CANCELLED", message="the batch was cancelled"))
+                    .SerializeToString() for i in range(meta.total)]
+        reply = await self._scripts["CANCEL"](keys=self._four(batch_id), args=[self.retention, *payloads])
+        if not isinstance(reply, list):
+            return {}
+        return {"generate": int(reply[0]), "enhance": int(reply[1])}
+
+    # -- running -----------------------------------------------------------------------------
+    async def start_many(self, attempts: list[tuple[str, int, int, str]]) -> list[bool]:
+        """START for each (batch_id, index, attempt, entry id): may it run? One round trip."""
+        if not attempts:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for b, i, a, entry_id in attempts:
+            await self._scripts["START"](keys=[self.tasks_key(b)], args=[i, a, entry_id], client=pipe)
+        return [bool(x) for x in await pipe.execute()]
+
+    async def finish_many(self, results: list[tuple[str, int, str, pb.TaskResult, bool]]) -> list[int]:
+        """FINISH for each (batch_id, index, attempt or '*', result, retire): 1 won, 0 stale,
+        2 retired (another attempt lives on)."""
+        if not results:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for b, i, attempt, result, retire in results:
+            await self._scripts["FINISH"](
+                keys=[self.tasks_key(b), self.meta_key(b), self.events_key(b), self.stash_key(b)],
+                args=[i, attempt, int(result.state), result.SerializeToString(), self.retention, int(retire)],
+                client=pipe)
+        return [int(x) for x in await pipe.execute()]
+
+    async def next_attempts(self, attempts: list[tuple[str, int, int, bool, bool, str]]) -> list[int]:
+        """NEXT for each (batch_id, index, old attempt, keep old live, retire, old entry id): the
+        new attempt number (the same one if asked again), 0 stale, -1 retired."""
+        if not attempts:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for b, i, a, keep, retire, entry_id in attempts:
+            await self._scripts["NEXT"](keys=[self.tasks_key(b)], args=[i, a, int(keep), int(retire), entry_id],
+                                        client=pipe)
+        return [int(x) for x in await pipe.execute()]
+
+    async def final_result(self, batch_id: str, index: int) -> pb.TaskResult | None:
+        """The final result kept for a deduplication leader, or None (not final, not kept)."""
+        raw = await self.r.hget(self.tasks_key(batch_id), f"{index}:res")
+        return pb.TaskResult.FromString(raw) if raw is not None else None
+
+    async def sealed_tokens(self, batch_id: str) -> dict[str, bytes]:
+        raw = await self.r.hgetall(self.creds_key(batch_id))
+        return {k.decode(): v for k, v in raw.items()}
+
+    # -- backpressure ------------------------------------------------------------------------
     async def tenant_backlog(self, tenant: str) -> tuple[int, int]:
         """(unfinished tasks, input bytes) of the tenant's open batches; forgets finished ones."""
         batch_ids = [b.decode() for b in await self.r.smembers(self.tenant_key(tenant))]
@@ -248,96 +534,15 @@ class BatchStore:
             await self.r.srem(self.tenant_key(tenant), *finished)
         return tasks, size
 
-    async def write_tasks(self, batch_id: str, tasks: Iterable[NewTask], *,
-                          sealed_tokens: dict[str, bytes] | None = None) -> None:
-        """Task records (state QUEUED, attempt 1 live) and the batch's sealed tokens."""
-        fields: dict[str, str | int] = {}
-        for t in tasks:
-            fields.update(self._task_fields(t))
-        pipe = self.r.pipeline(transaction=False)
-        if sealed_tokens:
-            pipe.hset(self.creds_key(batch_id), mapping=sealed_tokens)
-            pipe.expire(self.creds_key(batch_id), self.retention)
-        names = list(fields)
-        for start in range(0, len(names), 5000):  # bounded commands, whatever the batch size
-            pipe.hset(self.tasks_key(batch_id), mapping={k: fields[k] for k in names[start:start + 5000]})
-        pipe.expire(self.tasks_key(batch_id), self.retention)
-        await pipe.execute()
-
-    @staticmethod
-    def _task_fields(t: NewTask) -> dict[str, str | int]:
-        i = t.index
-        return {f"{i}:st": pb.QUEUED, f"{i}:att": 1, f"{i}:a:1": 1, f"{i}:live": 1, f"{i}:fn": t.output_filename}
-
-    async def add_task(self, batch_id: str, task: NewTask, *, sealed_tokens: dict[str, bytes] | None = None) -> bool:
-        """Add a task to an open Stream batch; False when the batch is closed or unknown."""
-        accepted = pb.TaskAccepted(task_index=task.index, task_id=task_id(batch_id, task.index))
-        flat: list[str | int] = [x for kv in self._task_fields(task).items() for x in kv]
-        pipe = self.r.pipeline(transaction=False)
-        if sealed_tokens:
-            pipe.hset(self.creds_key(batch_id), mapping=sealed_tokens)
-            pipe.expire(self.creds_key(batch_id), self.retention)
-        pipe.expire(self.tasks_key(batch_id), self.retention)
-        await pipe.execute()
-        ok = await self._add(
-            keys=[self.meta_key(batch_id), self.events_key(batch_id), self.tasks_key(batch_id)],
-            args=[accepted.SerializeToString(), *flat])
-        return bool(ok)
-
-    async def mark_enqueued(self, batch_id: str) -> None:
-        await self.r.hset(self.meta_key(batch_id), "enq", 1)
-
-    async def close(self, batch_id: str) -> None:
-        await self._close(keys=[self.meta_key(batch_id), self.events_key(batch_id), self.tasks_key(batch_id)],
-                          args=[self.retention])
-
-    # -- running -----------------------------------------------------------------------------
-    async def start_many(self, attempts: list[tuple[str, int, int]]) -> list[bool]:
-        """For each (batch_id, index, attempt): may it run? Marks those RUNNING. One round trip."""
-        if not attempts:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for b, i, a in attempts:
-            await self._start(keys=[self.tasks_key(b)], args=[i, a], client=pipe)
-        return [bool(x) for x in await pipe.execute()]
-
-    async def finish_many(self, results: list[tuple[str, int, str, pb.TaskResult]]) -> list[bool]:
-        """Record final results: (batch_id, index, attempt or '*', result). True where it won."""
-        if not results:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for b, i, attempt, result in results:
-            await self._finish(keys=[self.tasks_key(b), self.meta_key(b), self.events_key(b)],
-                               args=[i, attempt, int(result.state), result.SerializeToString(), self.retention],
-                               client=pipe)
-        return [bool(x) for x in await pipe.execute()]
-
-    async def next_attempts(self, attempts: list[tuple[str, int, int, bool]]) -> list[int]:
-        """For each (batch_id, index, old attempt, keep old live): the new attempt number, or 0."""
-        if not attempts:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for b, i, a, keep in attempts:
-            await self._next(keys=[self.tasks_key(b)], args=[i, a, int(keep)], client=pipe)
-        return [int(x) for x in await pipe.execute()]
-
-    async def retire(self, batch_id: str, index: int, attempt: int) -> int:
-        """A raced attempt failed: the number of attempts still live (-1: task already final)."""
-        return int(await self._retire(keys=[self.tasks_key(batch_id)], args=[index, attempt]))
-
-    async def sealed_tokens(self, batch_id: str) -> dict[str, bytes]:
-        raw = await self.r.hgetall(self.creds_key(batch_id))
-        return {k.decode(): v for k, v in raw.items()}
-
     # -- reading -----------------------------------------------------------------------------
     async def meta(self, batch_id: str) -> BatchMeta | None:
         m = await self.r.hgetall(self.meta_key(batch_id))
-        if not m:
+        if not m or b"tenant" not in m:
             return None
         g = {k.decode(): v.decode() for k, v in m.items()}
         return BatchMeta(batch_id=batch_id, tenant=g["tenant"], total=int(g["total"]),
                          closed=g.get("closed") == "1", done=g.get("done") == "1",
-                         enqueued=g.get("enq") == "1", created_ms=int(g["created_ms"]))
+                         accepted=g.get("acc") == "1", created_ms=int(g["created_ms"]))
 
     async def status(self, batch_id: str) -> pb.BatchStatus | None:
         meta = await self.meta(batch_id)
@@ -357,24 +562,28 @@ class BatchStore:
                 setattr(status, counters[state], getattr(status, counters[state]) + 1)
         return status
 
-    async def unfinished(self, batch_id: str) -> list[int]:
-        meta = await self.meta(batch_id)
-        if meta is None:
-            return []
-        names = [f"{i}:st" for i in range(meta.total)]
-        states = await self.r.hmget(self.tasks_key(batch_id), names) if names else []
-        return [i for i, st in enumerate(states) if st is not None and int(st) not in FINAL_STATES]
+    async def check_cursor(self, batch_id: str, after: str) -> None:
+        """Raises BadCursor for a malformed cursor, or one beyond the batch's last event (a
+        cursor this batch never issued): both are answered at once, never waited on."""
+        if not after:
+            return
+        if not CURSOR.match(after):
+            raise BadCursor(f"after_cursor: {after!r} is not a cursor (they look like 1700000000000-0)")
+        last = await self.r.xrevrange(self.events_key(batch_id), count=1)
+        if last and _cursor_key(after) > _cursor_key(last[0][0].decode()):
+            raise BadCursor(f"after_cursor: {after} is beyond the batch's last event ({last[0][0].decode()})")
 
     async def events(self, batch_id: str, after: str = "", *, block_ms: int = 1000,
                      count: int = 500) -> AsyncIterator[pb.BatchEvent]:
         """Every event after cursor `after` (from the start if empty), then new ones as they come,
-        until the summary. Stops with nothing if the batch does not exist."""
+        until the summary. Stops with nothing if the batch does not exist. Raises BadCursor."""
+        await self.check_cursor(batch_id, after)
         key = self.events_key(batch_id)
         cursor = after or "0-0"
         while True:
             reply = await self.r.xread({key: cursor}, count=count, block=block_ms)
             if not reply:
-                if not await self.r.exists(key):
+                if not await self.r.exists(key, self.meta_key(batch_id)):
                     return
                 continue
             for entry_id, fields in reply[0][1]:
@@ -383,6 +592,11 @@ class BatchStore:
                 yield event
                 if event.HasField("summary"):
                     return
+
+
+def _cursor_key(cursor: str) -> tuple[int, int]:
+    ms, _, seq = cursor.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def decode_event(batch_id: str, cursor: str, fields: dict[bytes, bytes]) -> pb.BatchEvent:
@@ -401,3 +615,7 @@ def decode_event(batch_id: str, cursor: str, fields: dict[bytes, bytes]) -> pb.B
         event.summary.cancelled = int(fields[b"cancelled"])
         event.summary.duration_ms = int(fields[b"duration_ms"])
     return event
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -5,18 +5,22 @@ the same `idempotency_key` (or, with the key `content`, the same spec alone: con
 The first becomes the *leader* and runs; later ones become *followers* and are not queued.
 When the leader's result is recorded, each follower gets a copy marked `deduplicated`.
 
-    im:dd:{<h>}:lead       string  the leader's task id (while it runs)
-    im:dd:{<h>}:followers  list    follower task ids
-    im:dd:{<h>}:done       string  the leader's result, for followers that arrive just after it
+    im:dd:{<h>}:lead          string  the leader's task id (while it is not served)
+    im:dd:{<h>}:followers     list    follower records; im:dd:{<h>}:members: their task ids
+    im:dd:{<h>}:taken:<tid>   list    followers taken by leader <tid>, until all are served
+    im:dd:{<h>}:done          string  the leader's result, for identical tasks arriving just after
 
-All three keys share one hash tag, so joining and finishing are single scripts: a follower can
-never register after the leader's followers were taken. A cancelled leader does not cancel its
-followers: they are handed back to run on their own.
+All keys of one identity share a hash tag, so joining and taking are single scripts: a follower
+can never register after the leader's followers were taken. JOIN is idempotent (a resubmitted
+batch finds its tasks where they were).
 
-What can go wrong: the follower copies are written after the leader's result, in other batches
-(other slots), so a gateway crash between the two leaves followers queued without an entry.
-`ttl` bounds the damage: followers of a leader that never finishes can't wait forever, because
-the lead key expires and the housekeeping of a later identical task starts over.
+Serving the followers is recoverable at every step. The leader's final result is kept in its
+task record (gateway.batches, `i:res`); TAKE moves the followers to a list named after the
+leader, and answers the same list again until CLEAR, so a gateway that dies after the leader's
+FINISH, or half way through the copies, is finished by whoever next drops the leader's queue
+entry (the claim path). A cancelled leader does not cancel its followers: they are queued to
+run on their own. The lead key lives as long as a batch is kept (`ttl` = retention), however
+long the leader waits in its queue.
 """
 
 from __future__ import annotations
@@ -30,30 +34,45 @@ import redis.asyncio as aioredis
 from imagemesh import filenames
 from imagemesh.v1 import imagemesh_pb2 as pb
 
+from .entries import QueueEntry
+
 CONTENT = "content"
 
-# KEYS: lead, followers, done. ARGV: task id, ttl s, follower record.
+# KEYS: lead, followers, done, members. ARGV: task id, ttl s, follower record.
 # Returns {"lead"} when this task runs, {"follow"} when it waits for the leader, or
-# {"done", result} when the leader just finished.
+# {"done", result} when the leader just finished. Asked again, a task gets the same answer.
 _JOIN = """
+local lead = redis.call('GET', KEYS[1])
+if lead == ARGV[1] then return {'lead'} end
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return {'follow'} end
 local done = redis.call('GET', KEYS[3])
 if done then return {'done', done} end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return {'lead'} end
 redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
 return {'follow'}
 """
 
-# KEYS: lead, followers, done. ARGV: leader task id, result, keep s (0: nothing to keep).
-# Returns the follower records, or nothing when the caller is not the leader.
-_FINISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {} end
-redis.call('DEL', KEYS[1])
-local followers = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[2])
-if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
-return followers
+# KEYS: lead, followers, done, members, taken. ARGV: leader task id, result, keep s (0: none),
+# ttl s.
+# The leader is final: its followers move to `taken` (returned), later joiners see `done` or
+# lead anew. Asked again before CLEAR, returns the same taken list.
+_TAKE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[4])
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('RENAME', KEYS[2], KEYS[5])
+    redis.call('EXPIRE', KEYS[5], ARGV[4])
+  end
+  if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
+end
+return redis.call('LRANGE', KEYS[5], 0, -1)
 """
+
+SCRIPTS = {"DEDUP_JOIN": _JOIN, "DEDUP_TAKE": _TAKE}
 
 
 def dedup_hash(tenant: str, task: pb.Task) -> str | None:
@@ -67,16 +86,16 @@ def dedup_hash(tenant: str, task: pb.Task) -> str | None:
 
 
 class Dedup:
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "im", ttl: float = 3600) -> None:
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "im", ttl: float = 86400) -> None:
         self.r = redis
         self.prefix = prefix
         self.ttl = int(ttl)
         self._join = redis.register_script(_JOIN)
-        self._finish = redis.register_script(_FINISH)
+        self._take = redis.register_script(_TAKE)
 
     def _keys(self, h: str) -> list[str]:
         base = f"{self.prefix}:dd:{{{h}}}"
-        return [f"{base}:lead", f"{base}:followers", f"{base}:done"]
+        return [f"{base}:lead", f"{base}:followers", f"{base}:done", f"{base}:members"]
 
     async def join(self, h: str, follower: "Follower") -> tuple[str, pb.TaskResult | None]:
         """("lead", None), ("follow", None) or ("done", the leader's result)."""
@@ -84,11 +103,16 @@ class Dedup:
         kind = reply[0].decode()
         return kind, (pb.TaskResult.FromString(reply[1]) if kind == "done" else None)
 
-    async def finish(self, h: str, leader_task_id: str, result: pb.TaskResult) -> list["Follower"]:
-        """The leader is done: the followers that waited for it."""
+    async def take(self, h: str, leader_task_id: str, result: pb.TaskResult) -> list["Follower"]:
+        """The leader is final: the followers it must serve (the same ones until `clear`)."""
         keep = 5 if result.state == pb.SUCCEEDED else 0
-        records = await self._finish(keys=self._keys(h), args=[leader_task_id, result.SerializeToString(), keep])
+        taken = f"{self.prefix}:dd:{{{h}}}:taken:{leader_task_id}"
+        records = await self._take(keys=[*self._keys(h), taken],
+                                   args=[leader_task_id, result.SerializeToString(), keep, self.ttl])
         return [Follower.load(r) for r in records]
+
+    async def clear(self, h: str, leader_task_id: str) -> None:
+        await self.r.delete(f"{self.prefix}:dd:{{{h}}}:taken:{leader_task_id}")
 
 
 @dataclass(frozen=True)
@@ -101,14 +125,17 @@ class Follower:
     output_filename: str
     labels: dict[str, str]
     queue: str
-    entry: dict[str, str | int]
+    entry: str  # its QueueEntry, JSON (gateway.entries)
 
     def dump(self) -> str:
-        return json.dumps(self.__dict__)
+        return json.dumps(self.__dict__, sort_keys=True)
 
     @staticmethod
     def load(raw: bytes) -> "Follower":
         return Follower(**json.loads(raw))
+
+    def queue_entry(self) -> QueueEntry:
+        return QueueEntry.from_json(self.entry)
 
     def copy(self, result: pb.TaskResult) -> pb.TaskResult:
         """The leader's result as this task's own: index, id, filenames and labels."""

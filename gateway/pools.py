@@ -1,15 +1,21 @@
 """Workers connected to this gateway, grouped in pools, and the credits they granted.
 
 A worker grants one credit per task it can start; the gateway never sends more assignments
-than credits (so a worker's own queue is bounded by its capacity). What the gateway has to send
-a worker is gathered in its `Outbox` and leaves as one frame: batching frames is what keeps the
-per-message cost of gRPC off the hot path.
+than credits (so a worker's own queue is bounded by its capacity). Credits are checked: a grant
+below zero, or one that would let credits plus attempts in flight exceed the worker's declared
+capacity, is refused (`BadCredits`), so no worker can stall or flood a pool. What the gateway
+has to send a worker is gathered in its `Outbox` and leaves as one frame: batching frames is
+what keeps the per-message cost of gRPC off the hot path.
+
+Which attempts run on which worker is not kept here: gateway.inflight owns that (`in_flight`
+is a function counting a worker's attempts there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from imagemesh import metrics
@@ -58,19 +64,23 @@ class Worker:
     device: str
     credits: int = 0
     draining: bool = False
-    in_flight: set[str] = field(default_factory=set)
     connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
     outbox: Outbox = field(default_factory=Outbox)
 
 
+class BadCredits(ValueError):
+    """A worker granted credits it cannot have (negative, or more than its capacity)."""
+
+
 class Pool:
     """The workers of one pool on this gateway; hands out their credits."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, in_flight: Callable[[str], int] = lambda worker_id: 0) -> None:
         self.name = name
         self.workers: dict[str, Worker] = {}
         self._credit = asyncio.Event()
+        self._in_flight = in_flight
 
     @property
     def credits(self) -> int:
@@ -82,7 +92,10 @@ class Pool:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(w.in_flight) for w in self.workers.values())
+        return sum(self._in_flight(w.worker_id) for w in self.workers.values())
+
+    def worker_in_flight(self, w: Worker) -> int:
+        return self._in_flight(w.worker_id)
 
     def add(self, w: Worker) -> None:
         self.workers[w.worker_id] = w
@@ -94,8 +107,20 @@ class Pool:
         self._signal()
 
     def grant(self, w: Worker, credits: int) -> None:
-        w.credits += credits
+        """Add credits the worker granted. Raises BadCredits for a grant outside 0..capacity (a
+        broken or hostile worker: its stream is ended). Within that, credits plus attempts in
+        flight are capped at the capacity, so a grant that crossed an assignment in flight can't
+        overfill the worker either."""
+        if not 0 <= credits <= w.capacity:
+            raise BadCredits(f"credits: {credits}, must be 0..{w.capacity} (the worker's capacity)")
+        w.credits = min(w.credits + credits, max(0, w.capacity - self._in_flight(w.worker_id)))
         self._signal()
+
+    def give_back(self, w: Worker) -> None:
+        """An assignment taken for `w` was not sent after all: its credit returns."""
+        if self.workers.get(w.worker_id) is w:
+            w.credits += 1
+            self._signal()
 
     def _signal(self) -> None:
         if self.credits > 0:

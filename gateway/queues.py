@@ -1,10 +1,6 @@
 """Task queues in Redis: one stream per (pool, lease key), read by every gateway as one group.
 
-    im:q:{<pool>|<key_id>}   stream   entries: b (batch), i (index), a (attempt), p (provider
-                                      index), t (accepted ms), s (the Task, serialized), and for
-                                      a generate task's then_enhance stage: g ("enhance") and
-                                      c (the generate result it carries, serialized); d (the
-                                      deduplication identity, when other tasks follow this one)
+    im:q:{<pool>|<key_id>}   stream   queue entries (their format: gateway.entries)
     im:queues                set      every queue that ever had work, for gateways to discover
     im:work                  channel  a pool name, published when work was added to it
 
@@ -18,37 +14,20 @@ longer than the claim threshold belongs to a dead gateway and another one `claim
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from .entries import QueueEntry
+
+log = logging.getLogger("imagemesh.gateway.queues")
+
 GROUP = "gw"
 PUSH_CHUNK = 1000
 WORK_CHANNEL_SUFFIX = "work"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One queued attempt of one task."""
-
-    queue: str
-    entry_id: str
-    batch_id: str
-    index: int
-    attempt: int
-    provider_index: int
-    accepted_ms: int
-    task: bytes
-    stage: str = ""
-    carry: bytes = b""
-    # Deduplication identity (gateway.dedup), when the task has followers to serve.
-    dedup: str = ""
-
-    @property
-    def enqueued_ms(self) -> int:
-        return int(self.entry_id.split("-", 1)[0])
 
 
 @dataclass(frozen=True)
@@ -85,7 +64,7 @@ class TaskQueues:
                 raise
         self._groups.add(key)
 
-    async def push(self, items: list[tuple[QueueName, dict[str, bytes | str | int]]]) -> None:
+    async def push(self, items: list[tuple[QueueName, QueueEntry]]) -> None:
         """Append entries (pipelines of at most PUSH_CHUNK) and wake the gateways of the pools
         concerned. Chunks keep each round trip short, whatever the batch size."""
         if not items:
@@ -98,8 +77,8 @@ class TaskQueues:
         for key in keys:
             await self._ensure_group(key)
         pipe = self.r.pipeline(transaction=False)
-        for q, fields in items:
-            pipe.xadd(q.redis_key(self.prefix), fields)
+        for q, entry in items:
+            pipe.xadd(q.redis_key(self.prefix), entry.encode())
         pipe.sadd(self.registry, *keys)
         for pool in {q.pool for q in keys.values()}:
             pipe.publish(self.work_channel, pool)
@@ -115,7 +94,7 @@ class TaskQueues:
     async def names(self) -> list[QueueName]:
         return [QueueName.parse(k.decode()) for k in await self.r.smembers(self.registry)]
 
-    async def read(self, queues: list[QueueName], count: int) -> list[Entry]:
+    async def read(self, queues: list[QueueName], count: int) -> list[QueueEntry]:
         """New entries from `queues`, at most `count` from each; never blocks."""
         if not queues:
             return []
@@ -129,15 +108,24 @@ class TaskQueues:
                 raise
             self._groups.clear()
             return []
-        return [self._entry(key.decode(), eid, f) for key, entries in reply or [] for eid, f in entries if f]
+        return await self._decode([(key.decode(), eid, f) for key, entries in reply or [] for eid, f in entries])
 
-    def _entry(self, key: str, entry_id: bytes, f: dict[bytes, bytes]) -> Entry:
-        return Entry(queue=key, entry_id=entry_id.decode(), batch_id=f[b"b"].decode(),
-                     index=int(f[b"i"]), attempt=int(f[b"a"]), provider_index=int(f[b"p"]),
-                     accepted_ms=int(f[b"t"]), task=f[b"s"], stage=f.get(b"g", b"").decode(),
-                     carry=f.get(b"c", b""), dedup=f.get(b"d", b"").decode())
+    async def _decode(self, rows: list[tuple[str, bytes, dict]]) -> list[QueueEntry]:
+        """Entries that decode; one that doesn't (not ours, or deleted under us: XAUTOCLAIM
+        gives a deleted pending entry as empty) is removed and logged, never retried forever."""
+        out, bad = [], []
+        for key, eid, f in rows:
+            try:
+                out.append(QueueEntry.decode(key, eid.decode(), f))
+            except (KeyError, ValueError, TypeError):
+                bad.append(QueueEntry(batch_id="", index=0, attempt=0, accepted_ms=0, task=b"",
+                                      queue=key, entry_id=eid.decode()))
+        if bad:
+            log.error("dropping %d undecodable queue entries (first: %s in %s)", len(bad), bad[0].entry_id, bad[0].queue)
+            await self.ack(bad)
+        return out
 
-    async def ack(self, entries: list[Entry]) -> None:
+    async def ack(self, entries: list[QueueEntry]) -> None:
         """Done with these entries: remove them (the task record keeps the history)."""
         if not entries:
             return
@@ -150,7 +138,7 @@ class TaskQueues:
             pipe.xdel(key, *ids)
         await pipe.execute()
 
-    async def touch(self, entries: list[Entry]) -> None:
+    async def touch(self, entries: list[QueueEntry]) -> None:
         """Reset the idle time of entries this gateway still works on (one round trip)."""
         by_queue: dict[str, list[str]] = {}
         for e in entries:
@@ -162,7 +150,7 @@ class TaskQueues:
             pipe.xclaim(key, GROUP, self.consumer, 0, ids, justid=True)
         await pipe.execute()
 
-    async def claim(self, queue: QueueName, min_idle_ms: int, count: int = 100) -> list[Entry]:
+    async def claim(self, queue: QueueName, min_idle_ms: int, count: int = 100) -> list[QueueEntry]:
         """Take over entries another (dead) gateway left pending for longer than `min_idle_ms`."""
         key = queue.redis_key(self.prefix)
         try:
@@ -171,7 +159,7 @@ class TaskQueues:
             if "NOGROUP" not in str(exc):
                 raise
             return []
-        return [self._entry(key, eid, f) for eid, f in reply[1] if f]
+        return await self._decode([(key, eid, f) for eid, f in reply[1]])
 
     async def _group_info(self, queues: list[QueueName]) -> dict[QueueName, dict]:
         """XINFO GROUPS of each queue's group, with `lag` filled in where Redis can't tell it

@@ -32,7 +32,7 @@ class WorkerRegistry:
 
     def local(self, pools: list[Pool]) -> list[pb.WorkerInfo]:
         return [pb.WorkerInfo(worker_id=w.worker_id, pool=w.pool, capacity=w.capacity,
-                              in_flight=len(w.in_flight), gateway=self.gateway_id, device=w.device,
+                              in_flight=pool.worker_in_flight(w), gateway=self.gateway_id, device=w.device,
                               connected_ms=int(w.connected_at * 1000), draining=w.draining)
                 for pool in pools for w in pool.workers.values()]
 

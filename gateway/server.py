@@ -91,7 +91,7 @@ class Gateway:
         self.batches = BatchStore(self.redis, prefix=p, retention=settings.retention)
         self.queues = TaskQueues(self.redis, consumer=self.id, prefix=p)
         self.cancel_channel = f"{p}:cancel"
-        self.dedup = Dedup(self.redis, prefix=p, ttl=settings.max_job_runtime * settings.max_attempts)
+        self.dedup = Dedup(self.redis, prefix=p, ttl=settings.retention)
         self.dispatcher = Dispatcher(
             redis=self.redis, batches=self.batches, queues=self.queues, leases=self.leases,
             routing=self.routing, sealer=self.sealer,

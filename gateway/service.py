@@ -9,9 +9,11 @@ memory.
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import hashlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
@@ -25,6 +27,7 @@ from imagemesh.v1 import imagemesh_pb2 as pb
 from .batches import BatchStore, NewTask, task_id
 from .dedup import Dedup, Follower, dedup_hash
 from .dispatch import Dispatcher
+from .entries import QueueEntry
 from .queues import QueueName, TaskQueues
 from .routing import Routing
 from .validation import BadRequest, Limits, check_batch, check_credentials, check_task
@@ -52,6 +55,17 @@ def new_batch_id() -> str:
     return "b" + secrets.token_hex(8)
 
 
+def _digest(req: pb.SubmitBatchRequest) -> str:
+    """What makes a resubmission the same batch: its tasks and which providers it has tokens
+    for (never the tokens themselves)."""
+    h = hashlib.sha256()
+    for t in req.tasks:
+        data = t.SerializeToString(deterministic=True)
+        h.update(len(data).to_bytes(4, "big") + data)
+    h.update(",".join(sorted(req.credentials)).encode())
+    return h.hexdigest()[:32]
+
+
 class Prepared:
     """A task checked and routed, or failed with the reason."""
 
@@ -69,7 +83,7 @@ class Prepared:
 class BatchService:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
                  routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits,
-                 dedup: Dedup) -> None:
+                 dedup: Dedup, writer_wait: float = 35.0) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -78,6 +92,7 @@ class BatchService:
         self.dispatcher = dispatcher
         self.limits = limits
         self.dedup = dedup
+        self.writer_wait = writer_wait
 
     # -- preparing tasks -----------------------------------------------------------------------
     def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str]) -> Prepared:
@@ -105,26 +120,27 @@ class BatchService:
     def _sealed(self, tokens: dict[str, str]) -> dict[str, bytes]:
         return {provider: self.sealer.seal(token) for provider, token in tokens.items()}
 
-    def _entry(self, batch_id: str, p: Prepared, accepted_ms: int) -> tuple[QueueName, dict]:
-        assert p.queue is not None
-        return p.queue, {"b": batch_id, "i": p.index, "a": 1, "p": p.provider_index,
-                         "t": accepted_ms, "s": p.task.SerializeToString()}
-
-    def _failed_result(self, batch_id: str, p: Prepared) -> tuple[str, int, str, pb.TaskResult]:
+    def _failed_result(self, batch_id: str, p: Prepared) -> tuple[str, int, str, pb.TaskResult, bool]:
         assert p.failure is not None
         result = pb.TaskResult(
             task_index=p.index, task_id=task_id(batch_id, p.index), output_filename=p.task.output_filename,
             state=pb.FAILED, labels=dict(p.task.labels), attempts=0,
             error=pb.TaskError(code=p.failure.code, message=p.failure.message, retryable=False))
-        return batch_id, p.index, "*", result
+        return batch_id, p.index, "*", result, False
 
     # -- submitting ----------------------------------------------------------------------------
     async def submit(self, caller: Caller, req: pb.SubmitBatchRequest) -> str:
-        """Accept a batch; returns its id. Raises BadRequest, Forbidden."""
+        """Accept a batch once; returns its id. A batch id already accepted for this caller is
+        answered with that batch (nothing re-runs, whatever the number of concurrent or repeated
+        calls). Raises BadRequest, Forbidden, Overloaded, RedisError."""
         check_batch(len(req.tasks), req.batch_id, self.limits)
         tokens = dict(req.credentials)
         check_credentials(tokens, self.routing.s.providers)
         batch_id = req.batch_id or new_batch_id()
+        if req.batch_id:
+            meta = await self.batches.meta(batch_id)
+            if meta is not None and meta.tenant == caller.tenant and meta.accepted:
+                return batch_id  # the same batch again: don't count it against the backlog twice
         size = req.ByteSize()
         await self._admit(caller, len(req.tasks), size)
         prepared = [self._prepare(caller, i, t, tokens) for i, t in enumerate(req.tasks)]
@@ -132,18 +148,27 @@ class BatchService:
             # Nothing in the batch can run: say why as a status, not as N failed results.
             first = prepared[0].failure
             raise BadRequest(first.message if first else "no valid task")
-        accepted = pb.Accepted(batch_id=batch_id, task_ids=[task_id(batch_id, i) for i in range(len(prepared))])
-        created = await self.batches.create(batch_id, caller.tenant, len(prepared), closed=False,
-                                            accepted=accepted, input_bytes=size)
-        if created < 0:
-            raise Forbidden(f"batch_id {batch_id!r} belongs to another caller")
-        if created == 0:
-            meta = await self.batches.meta(batch_id)
-            if meta is not None and meta.enqueued:
-                return batch_id  # the same batch again: nothing re-runs
-        await self._accept(caller, batch_id, prepared, tokens)
-        await self.batches.mark_enqueued(batch_id)
-        await self.batches.close(batch_id)
+        writer = secrets.token_hex(8)
+        digest = _digest(req)
+        deadline = time.monotonic() + self.writer_wait
+        while True:
+            r = await self.batches.reserve(batch_id, caller.tenant, len(prepared), writer=writer,
+                                           digest=digest, input_bytes=size)
+            if r.outcome == "accepted":
+                return batch_id
+            if r.outcome == "foreign":
+                raise Forbidden(f"batch_id {batch_id!r} belongs to another caller")
+            if r.outcome == "mismatch":
+                raise BadRequest(f"batch_id: {batch_id!r} was already used for other tasks; "
+                                 "resubmit the same tasks or choose a new id")
+            if r.outcome == "write":
+                break
+            # Another call is writing this batch right now: wait for it (or for its deadline,
+            # after which we take over: it crashed).
+            if time.monotonic() > deadline:
+                raise Overloaded(f"batch {batch_id!r} is still being accepted by another call", retry_after=1.0)
+            await asyncio.sleep(min(0.2, max(0.01, r.wait_ms / 1000)))
+        await self._write(caller, batch_id, prepared, tokens, writer)
         return batch_id
 
     async def _admit(self, caller: Caller, tasks: int, size: int) -> None:
@@ -158,40 +183,50 @@ class BatchService:
             raise Overloaded(f"too many input bytes queued for this caller: {queued_bytes} + {size}, "
                              f"the limit is {self.limits.max_queued_bytes_per_tenant}", retry_after=5.0)
 
-    async def _accept(self, caller: Caller, batch_id: str, prepared: list[Prepared], tokens: dict[str, str]) -> None:
+    async def _write(self, caller: Caller, batch_id: str, prepared: list[Prepared], tokens: dict[str, str],
+                     writer: str) -> None:
+        """RECORDS ─▶ entries pushed ─▶ COMMIT (see gateway.batches): each step may be repeated
+        by a writer that takes over after a crash; a task is recorded and queued once."""
         meta = await self.batches.meta(batch_id)
         accepted_ms = meta.created_ms if meta else 0
-        await self.batches.write_tasks(
-            batch_id, [NewTask(p.index, p.pool, p.task.output_filename) for p in prepared],
+        hashes = {p.index: (dedup_hash(caller.tenant, p.task) if p.failure is None else None) for p in prepared}
+        await self.batches.write_records(
+            batch_id, [NewTask(p.index, p.task.output_filename, p.pool, hashes[p.index] or "") for p in prepared],
             sealed_tokens=self._sealed(tokens))
         good = [p for p in prepared if p.failure is None]
-        entries, copies = [], []
+        pushes, copies = [], []
         for p in good:
-            queue, fields = self._entry(batch_id, p, accepted_ms)
-            kind, leader_result = await self._deduplicate(caller, batch_id, p, queue, fields)
+            entry = self._entry(batch_id, p, accepted_ms, hashes[p.index])
+            kind, leader_result = await self._deduplicate(batch_id, p, entry)
             if kind == "done":
-                copies.append((batch_id, p.index, "*", leader_result))
+                copies.append((batch_id, p.index, "*", leader_result, False))
             elif kind == "lead":
-                entries.append((queue, fields))
-        await self.queues.push(entries)
+                pushes.append((p.queue, entry))
+        await self.queues.push(pushes)
+        # Recorded before COMMIT, these are stashed and logged right after `accepted`.
         await self.batches.finish_many([self._failed_result(batch_id, p) for p in prepared if p.failure] + copies)
+        accepted = pb.Accepted(batch_id=batch_id, task_ids=[task_id(batch_id, p.index) for p in prepared])
+        committed = await self.batches.commit(batch_id, writer, accepted)
         for p in good:
-            metrics.TASKS_ACCEPTED.labels(p.pool).inc()
             self.dispatcher.note_queue(p.queue)  # type: ignore[arg-type]
+        if committed == 1:
+            for p in good:
+                metrics.TASKS_ACCEPTED.labels(p.pool).inc()
 
-    async def _deduplicate(self, caller: Caller, batch_id: str, p: Prepared, queue: QueueName,
-                           fields: dict) -> tuple[str, pb.TaskResult | None]:
+    def _entry(self, batch_id: str, p: Prepared, accepted_ms: int, dedup: str | None) -> QueueEntry:
+        return QueueEntry(batch_id=batch_id, index=p.index, attempt=1, accepted_ms=accepted_ms,
+                          task=p.task.SerializeToString(), provider_index=p.provider_index, dedup=dedup or "")
+
+    async def _deduplicate(self, batch_id: str, p: Prepared, entry: QueueEntry) -> tuple[str, pb.TaskResult | None]:
         """"lead" (queue it), "follow" (the leader's result will be copied to it) or "done"
         (a copy of the leader's result, just finished)."""
-        h = dedup_hash(caller.tenant, p.task)
-        if h is None:
+        if not entry.dedup:
             return "lead", None
-        fields["d"] = h
+        assert p.queue is not None
         follower = Follower(batch_id=batch_id, index=p.index, task_id=task_id(batch_id, p.index),
                             output_filename=p.task.output_filename, labels=dict(p.task.labels),
-                            queue=queue.redis_key(self.queues.prefix),
-                            entry={**fields, "s": base64.b64encode(fields["s"]).decode()})
-        kind, result = await self.dedup.join(h, follower)
+                            queue=p.queue.redis_key(self.queues.prefix), entry=entry.to_json())
+        kind, result = await self.dedup.join(entry.dedup, follower)
         return kind, (follower.copy(result) if result is not None else None)
 
     # -- stream sessions -----------------------------------------------------------------------
@@ -200,40 +235,45 @@ class BatchService:
             check_batch(1, req.batch_id, self.limits)
         check_credentials(dict(req.credentials), self.routing.s.providers)
         batch_id = req.batch_id or new_batch_id()
-        created = await self.batches.create(batch_id, caller.tenant, 0, closed=False,
-                                            accepted=pb.Accepted(batch_id=batch_id))
-        if created < 0:
+        writer = secrets.token_hex(8)
+        r = await self.batches.reserve(batch_id, caller.tenant, 0, writer=writer, session=True)
+        if r.outcome == "foreign":
             raise Forbidden(f"batch_id {batch_id!r} belongs to another caller")
-        if created == 0:
+        if r.outcome != "write":
             raise BadRequest(f"batch_id {batch_id!r}: a batch with this id exists; watch it with WatchBatch")
+        await self.batches.commit(batch_id, writer, pb.Accepted(batch_id=batch_id))
         return batch_id
 
     async def add_to_session(self, caller: Caller, batch_id: str, index: int, task: pb.Task,
                              tokens: dict[str, str]) -> None:
+        """RECORDS ─▶ entry pushed ─▶ ACCEPT_TASK: `task_accepted` is logged once the task is
+        queued (a crash before leaves a task nobody was told about)."""
         if index >= self.limits.max_batch_tasks:
             raise BadRequest(f"tasks: more than {self.limits.max_batch_tasks} tasks in one session")
         await self._admit(caller, 1, task.ByteSize())
         p = self._prepare(caller, index, task, tokens)
         meta = await self.batches.meta(batch_id)
-        accepted_ms = meta.created_ms if meta else 0
-        ok = await self.batches.add_task(batch_id, NewTask(index, p.pool, p.task.output_filename),
-                                         sealed_tokens=self._sealed(tokens) if index == 0 else None)
-        if not ok:
+        if meta is None or meta.closed:
             raise BadRequest("the session is closed")
+        h = dedup_hash(caller.tenant, p.task) if p.failure is None else None
+        await self.batches.write_records(batch_id, [NewTask(index, p.task.output_filename, p.pool, h or "")],
+                                         sealed_tokens=self._sealed(tokens) if index == 0 else None)
         if p.failure is not None:
             await self.batches.finish_many([self._failed_result(batch_id, p)])
-            return
-        queue, fields = self._entry(batch_id, p, accepted_ms)
-        kind, leader_result = await self._deduplicate(caller, batch_id, p, queue, fields)
-        if kind == "lead":
-            await self.queues.push([(queue, fields)])
-        elif kind == "done":
-            await self.batches.finish_many([(batch_id, p.index, "*", leader_result)])
-        metrics.TASKS_ACCEPTED.labels(p.pool).inc()
-        self.dispatcher.note_queue(p.queue)  # type: ignore[arg-type]
+        else:
+            entry = self._entry(batch_id, p, meta.created_ms, h)
+            kind, leader_result = await self._deduplicate(batch_id, p, entry)
+            if kind == "lead":
+                await self.queues.push([(p.queue, entry)])  # type: ignore[list-item]
+            elif kind == "done":
+                await self.batches.finish_many([(batch_id, p.index, "*", leader_result, False)])
+        if await self.batches.accept_task(batch_id, index) != 1:
+            raise BadRequest("the session is closed")
+        if p.failure is None:
+            metrics.TASKS_ACCEPTED.labels(p.pool).inc()
+            self.dispatcher.note_queue(p.queue)  # type: ignore[arg-type]
 
     async def close_session(self, batch_id: str) -> None:
-        await self.batches.mark_enqueued(batch_id)
         await self.batches.close(batch_id)
 
     # -- reading -------------------------------------------------------------------------------
@@ -245,6 +285,7 @@ class BatchService:
         return meta
 
     async def watch(self, caller: Caller, batch_id: str, after: str = "") -> AsyncIterator[pb.BatchEvent]:
+        """Raises NotFound, BadCursor (malformed, or beyond the batch's last event)."""
         await self._owned(caller, batch_id)
         async for event in self.batches.events(batch_id, after):
             yield event
@@ -263,11 +304,9 @@ class BatchService:
         """Queued tasks become CANCELLED at once; running ones are cancelled at their workers
         (every gateway hears it) and their late results are discarded."""
         await self._owned(caller, batch_id)
-        await self.batches.close(batch_id)
-        unfinished = await self.batches.unfinished(batch_id)
-        results = [(batch_id, i, "*", pb.TaskResult(
-            task_index=i, task_id=task_id(batch_id, i), state=pb.CANCELLED,
-            error=pb.TaskError(code="CANCELLED", message="the batch was cancelled"))) for i in unfinished]
-        await self.batches.finish_many(results)
+        cancelled = await self.batches.cancel(batch_id)
+        for pool, n in cancelled.items():
+            if n:
+                metrics.TASKS_FINISHED.labels(pool, "cancelled").inc(n)
         await self.dispatcher.announce_cancel(batch_id)
         return await self.status(caller, batch_id)

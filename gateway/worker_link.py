@@ -2,7 +2,9 @@
 dispatcher's calls. One `Connect` call per worker, held open for the worker's life.
 
 A worker that sends nothing (no heartbeat, no result) for `3 × heartbeat_interval` is
-considered dead: its stream is ended and its attempts are re-queued.
+considered dead: its stream is ended and its attempts are re-queued. So is a worker that breaks
+the protocol (credits outside 0..capacity): its stream ends INVALID_ARGUMENT, with a log line.
+Whatever ends a stream, every error is logged and the worker's attempts are requeued at once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
 
 from .api import authenticate
 from .dispatch import POOLS, Dispatcher
-from .pools import Worker
+from .pools import BadCredits, Worker
 
 log = logging.getLogger("imagemesh.gateway.workers")
 
@@ -55,6 +57,7 @@ class WorkerLinkServicer(wpb_grpc.WorkerLinkServicer):
         log.info("worker %s joined pool %s (capacity %d, %s)", worker.worker_id, worker.pool, worker.capacity, worker.device or "?")
         reader = asyncio.create_task(self._read(worker, first, request_iterator))
         clean = False
+        refused: BadCredits | None = None
         try:
             yield wpb.GatewayMessage(welcome=wpb.Welcome(
                 gateway_id=self.gateway_id, heartbeat_interval_ms=int(self.heartbeat * 1000)))
@@ -65,16 +68,26 @@ class WorkerLinkServicer(wpb_grpc.WorkerLinkServicer):
                 if time.monotonic() - worker.last_seen > 3 * self.heartbeat:
                     log.warning("worker %s missed its heartbeats; dropping it", worker.worker_id)
                     break
-            clean = reader.done() and not reader.cancelled() and reader.exception() is None and worker.draining
+            if reader.done() and not reader.cancelled():
+                exc = reader.exception()
+                if isinstance(exc, BadCredits):
+                    refused = exc
+                elif exc is not None and not isinstance(exc, (grpc.aio.AioRpcError, asyncio.CancelledError)):
+                    log.error("worker %s: handling its messages failed (%s: %s); dropping the worker",
+                              worker.worker_id, type(exc).__name__, exc)
+            clean = (reader.done() and not reader.cancelled() and reader.exception() is None
+                     and worker.draining)
         finally:
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
             pool.remove(worker)
-            if worker.in_flight:
-                # Drained workers hand back what they had; anything left is lost with the worker.
-                await self.dispatcher.on_worker_lost(worker)
+            # Drained workers hand back what they had; anything left is lost with the worker.
+            await self.dispatcher.on_worker_lost(worker)
             log.info("worker %s left pool %s (%s)", worker.worker_id, worker.pool, "drained" if clean else "lost")
+        if refused is not None:
+            log.warning("worker %s broke the protocol: %s", worker.worker_id, refused)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refused))
 
     async def _read(self, worker: Worker, first: wpb.WorkerMessage, requests) -> None:
         await self._handle(worker, first)
@@ -92,5 +105,5 @@ class WorkerLinkServicer(wpb_grpc.WorkerLinkServicer):
             worker.draining = True
             worker.credits = 0
             pool.export()
-        if msg.credits and not worker.draining:
-            pool.grant(worker, msg.credits)
+        if msg.credits != 0 and not worker.draining:
+            pool.grant(worker, msg.credits)  # raises BadCredits: the stream ends

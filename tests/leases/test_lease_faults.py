@@ -93,15 +93,12 @@ def done(provider, token: str) -> int:
 async def test_never_over_the_limit_while_holders_are_killed(redis, redis_server, provider, holders_for):
     token = "tok-kill"
     holders = await holders_for(redis_server.url, token)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 14
-    kills = 0
-    while loop.time() < end:
+    # A fixed number of kills (not a fixed time): on a loaded machine each respawn is slower,
+    # and a time box would then kill fewer holders than the test means to.
+    for _ in range(10):
         await asyncio.sleep(random.uniform(0.3, 0.9))
         await holders.kill_one()        # SIGKILL at a random point of its loop
-        kills += 1
         await holders.spawn()
-    assert kills >= 8, kills
     assert provider.max_seen[token] <= LIMIT, provider.stats()
     assert provider.max_seen[token] == LIMIT, provider.stats()   # and the limit was used
     assert done(provider, token) >= 30, provider.stats()
