@@ -45,8 +45,8 @@ class Exit(IntEnum):
     USAGE = 2            # bad arguments or a bad tasks file: nothing was sent
     UNREACHABLE = 3      # the gateway could not be reached, or could not serve the call now
     REFUSED = 4          # the gateway answered: the request is wrong or not allowed
-    BROKEN_PIPE = 141    # the reader of stdout went away (as a shell reports SIGPIPE)
     INTERRUPTED = 130    # Ctrl-C
+    BROKEN_PIPE = 141    # the reader of stdout went away (as a shell reports SIGPIPE)
 
 
 EXIT_CODES = """\

@@ -111,8 +111,8 @@ def load(path: Path | str) -> TasksFile:
 
 
 def load_tasks(path: Path | str) -> tuple[list[pb.Task], dict[str, str], str]:
-    """`load` as a plain tuple (tasks, credentials, batch_id)."""
-    return tuple(load(path))  # type: ignore[return-value]
+    """`load`, for callers that unpack (tasks, credentials, batch_id)."""
+    return load(path)
 
 
 class _FieldError(Exception):
