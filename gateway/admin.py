@@ -39,6 +39,13 @@ class MeshAdminServicer(pb_grpc.MeshAdminServicer):
                             fence=lease.fence, zombie=lease.zombie)
         return info
 
+    async def _is_known(self, key_id: str) -> bool:
+        """An aliased key (server tokens, IMAGEMESH_KEY_ALIASES), or one the mesh has seen: it
+        has lease state in Redis or a generate queue. Raises RedisError."""
+        if self.routing.alias(key_id) != key_id or key_id in await self.leases.known_keys():
+            return True
+        return any(q.key_id == key_id for q in await self.dispatcher.queues.names() if q.pool == "generate")
+
     async def ListKeys(self, request, context):
         await authenticate(self.keys, context, "admin")
         async with translated(context):
@@ -53,11 +60,19 @@ class MeshAdminServicer(pb_grpc.MeshAdminServicer):
         if ":" not in key_id or provider not in self.routing.s.providers:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "key: give a key id (provider:fingerprint, see ListKeys) or an alias")
+        if not 1 <= request.limit <= MAX_LIMIT:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit: {request.limit}, must be 1..{MAX_LIMIT}")
+        async with translated(context):
+            known = await self._is_known(key_id)
+        if not known:
+            # A limit for a key nobody uses would create it (a phantom key in ListKeys): most
+            # likely a typo or an id cut short by a narrow table, so say so instead.
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"key: {request.key[:100]!r} is neither an alias nor a key this mesh knows "
+                                "(give a full key id from ListKeys / `imagemesh keys`, or an alias)")
         if not self.routing.is_leased(provider):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"key: provider {provider!r} is configured without a limit (IMAGEMESH_KEY_LIMITS)")
-        if not 1 <= request.limit <= MAX_LIMIT:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit: {request.limit}, must be 1..{MAX_LIMIT}")
         async with translated(context):
             await self.leases.set_limit(key_id, request.limit)
             return await self._key_info(key_id)
