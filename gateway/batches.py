@@ -562,22 +562,28 @@ class BatchStore:
                 setattr(status, counters[state], getattr(status, counters[state]) + 1)
         return status
 
-    async def check_cursor(self, batch_id: str, after: str) -> None:
+    async def check_cursor(self, batch_id: str, after: str) -> bool:
         """Raises BadCursor for a malformed cursor, or one beyond the batch's last event (a
-        cursor this batch never issued): both are answered at once, never waited on."""
+        cursor this batch never issued): both are answered at once, never waited on. True when
+        `after` is the summary's cursor: nothing more will come."""
         if not after:
-            return
+            return False
         if not CURSOR.match(after):
             raise BadCursor(f"after_cursor: {after!r} is not a cursor (they look like 1700000000000-0)")
         last = await self.r.xrevrange(self.events_key(batch_id), count=1)
-        if last and _cursor_key(after) > _cursor_key(last[0][0].decode()):
-            raise BadCursor(f"after_cursor: {after} is beyond the batch's last event ({last[0][0].decode()})")
+        if not last:
+            return False
+        last_id = last[0][0].decode()
+        if _cursor_key(after) > _cursor_key(last_id):
+            raise BadCursor(f"after_cursor: {after} is beyond the batch's last event ({last_id})")
+        return after == last_id and last[0][1].get(b"k") == b"summary"
 
     async def events(self, batch_id: str, after: str = "", *, block_ms: int = 1000,
                      count: int = 500) -> AsyncIterator[pb.BatchEvent]:
         """Every event after cursor `after` (from the start if empty), then new ones as they come,
         until the summary. Stops with nothing if the batch does not exist. Raises BadCursor."""
-        await self.check_cursor(batch_id, after)
+        if await self.check_cursor(batch_id, after):
+            return
         key = self.events_key(batch_id)
         cursor = after or "0-0"
         while True:
