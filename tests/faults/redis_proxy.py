@@ -35,11 +35,18 @@ A sweep
 Run the scenario once through a proxy without rules; `proxy.commands()` lists every command in
 order. Each (label, occurrence) is an injection point: for the k-th command whose label is L,
 run the scenario again on a fresh mesh with `inject(L, "error", nth=k)` (or
-`crash_after(L, gateway_pid, nth=k)`), check the invariants, and check `rule.fired`. Matching
-a label rather than a sequence number keeps the point stable when unrelated commands (a health
-PING, a timer) interleave differently. redis-py retries a command that fails with a connection
-error (3 times by default, `Retry`), so after `drop` or `drop_after` the client may send the
-same command again: the recording shows it, and `times=` can make the fault persist.
+`crash_after(L, gateway_pid, nth=k)`; `nth` counts from when the rule is added), check the
+invariants, and check `rule.fired`. Matching a label rather than a sequence number keeps the
+point stable when unrelated commands interleave differently. Things that make runs differ:
+- timers: redis-py's health-check PING, lease renewals, polling XREADs come as time allows,
+  so their occurrence counts vary; pick points on the batch's own path, or match with a
+  predicate on `Command.args`;
+- the script cache: the first call of a script on a Redis that lacks it is EVALSHA (NOSCRIPT),
+  SCRIPT LOAD, EVALSHA again (two occurrences of its label); `SCRIPT FLUSH` (or load every
+  script) before each run so that all runs start alike;
+- retries: redis-py retries a command that failed with a connection error (3 times by
+  default), so after `drop` or `drop_after` the same command may come again (the recording
+  shows it; `times=` makes a fault persist), and a `drop_after` write may be applied twice.
 
 Labels
 ------
@@ -114,6 +121,8 @@ _WITH_SUBCOMMAND = frozenset(
     "MODULE LATENCY SLOWLOG".split())
 _SUBCOMMAND_THEN_KEY = frozenset("XGROUP XINFO OBJECT MEMORY".split())
 _ALL_ARGS = frozenset("SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE".split())
+_SCRIPT_CALLS = frozenset("EVALSHA EVALSHA_RO EVAL EVAL_RO".split())
+_NOT_NAME_AND_KEY = _KEYLESS | _WITH_SUBCOMMAND | _ALL_ARGS | _SCRIPT_CALLS | {"XREAD", "XREADGROUP"}
 _SECRET = frozenset("AUTH HELLO MIGRATE CONFIG ACL".split())
 # After these the server sends messages that answer no command (pub/sub, MONITOR) or answers
 # some commands with nothing (CLIENT REPLY OFF|SKIP): replies then pass on unpaired.
@@ -130,7 +139,7 @@ _HASH_TAG = re.compile(r"\{[^{}]*\}")
 _DIGIT = re.compile(r"\d")
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=65536)
 def normalise_key(key: str | bytes) -> str:
     """A key or channel with its volatile parts replaced, the same in every run.
 
@@ -154,15 +163,15 @@ def _script(kind: str, sha: str, scripts: Mapping[str, str]) -> str:
 
 
 def command_label(args: Sequence[bytes], scripts: Mapping[str, str] | None = None) -> str:
-    """The stable label of one command (`args` as sent: name first), see the module docstring.
+    """The stable label of one command (`args`: bytes as sent, name first), see the module
+    docstring. `scripts` maps a lower-case sha1 hex digest to a script's name."""
+    return _label(_text(args[0]).upper(), args, scripts or {}) if args else ""
 
-    `scripts` maps a lower-case sha1 hex digest to a script's name.
-    """
-    if not args:
-        return ""
-    scripts = scripts or {}
-    name = _text(args[0]).upper()
+
+def _label(name: str, args: Sequence[bytes], scripts: Mapping[str, str]) -> str:
     n = len(args)
+    if n > 1 and name not in _NOT_NAME_AND_KEY:     # most commands: the name and the first key
+        return f"{name} {normalise_key(args[1])}"
     if n == 1 or name in _KEYLESS:
         return name
     if name in ("EVALSHA", "EVALSHA_RO"):
@@ -182,9 +191,7 @@ def command_label(args: Sequence[bytes], scripts: Mapping[str, str] | None = Non
         rest = args[upper.index(b"STREAMS") + 1:] if b"STREAMS" in upper else []
         keys = rest[:len(rest) // 2]
         return " ".join([name, *dict.fromkeys(normalise_key(bytes(k)) for k in keys)])
-    if name in _ALL_ARGS:
-        return " ".join([name, *dict.fromkeys(normalise_key(bytes(k)) for k in args[1:])])
-    return f"{name} {normalise_key(bytes(args[1]))}"
+    return " ".join([name, *dict.fromkeys(normalise_key(bytes(k)) for k in args[1:])])   # _ALL_ARGS
 
 
 @dataclass(slots=True)
@@ -209,8 +216,8 @@ class Rule:
     `times - 1` matching commands after that (`times=None`: on every one from the nth on).
     `hits` lists the commands it acted on; for `drop_after` and `callback` a command is added
     when its reply arrived and the action was taken, so a connection lost before the reply
-    leaves no hit. When several rules fire on one command, the first added acts; the others
-    count it as seen but do not fire on it.
+    leaves no hit. When several rules would fire on one command, the first added acts; the
+    others count it as seen and stay due (they fire on the next match).
     """
 
     def __init__(self, proxy: "RedisProxy", match: str | Callable[[Command], bool], action: str, *,
@@ -678,7 +685,7 @@ class RedisProxy:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close the listener and every connection; returns within about `timeout` seconds."""
+        """Close the listener and every connection (reset); bounded: at most about 2 × `timeout`."""
         if self._thread is None:
             return
         loop, thread = self._loop, self._thread
@@ -782,8 +789,8 @@ class RedisProxy:
             self.dropped = 0
 
     def _record(self, cid: int, args: list[bytes]) -> Command:
-        label = command_label(args, self._scripts)
         name = _text(args[0]).upper()
+        label = _label(name, args, self._scripts)
         if name in _SECRET:
             kept = tuple(args[:1] if name != "CONFIG" and name != "ACL" else args[:2])
         elif len(args) <= _KEEP_ARGS and max(map(len, args)) <= _KEEP_BYTES:
@@ -900,3 +907,71 @@ class RedisProxy:
                        + link.u_w.transport.get_write_buffer_size()
                        for link in self._links.values())
         return self._call(count)
+
+
+# -- measuring the overhead: python -m tests.faults.redis_proxy ---------------------------------
+
+_MEASURE = r"""
+import asyncio, statistics, sys, time
+import redis.asyncio as aioredis
+
+async def pipeline(url, n):
+    r = aioredis.Redis.from_url(url)
+    took = []
+    for _ in range(5):
+        pipe = r.pipeline(transaction=False)
+        for i in range(n):
+            pipe.set(f"k{i}", i)
+        t = time.perf_counter()
+        await pipe.execute()
+        took.append(time.perf_counter() - t)
+    await r.aclose()
+    return statistics.median(took) * 1e3
+
+async def xread_round_trip(url, direct, n=300):
+    r, w = aioredis.Redis.from_url(url), aioredis.Redis.from_url(direct)
+    last, took = (await w.xadd("rt", {"i": 0})).decode(), []
+    for i in range(n):
+        read = asyncio.create_task(r.xread({"rt": last}, block=2000))
+        await asyncio.sleep(0.002)       # XREAD is waiting in Redis
+        t = time.perf_counter()
+        last = (await w.xadd("rt", {"i": i})).decode()
+        await read
+        took.append(time.perf_counter() - t)
+    await r.aclose(); await w.aclose()
+    return statistics.median(took) * 1e6
+
+async def main(url, direct):
+    print(f"{await pipeline(url, 1000):.1f} {await pipeline(url, 10000):.1f} {await xread_round_trip(url, direct):.0f}")
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def _measure() -> None:
+    """Print a pipeline of 1,000 and 10,000 SETs and an XREAD BLOCK wake-up, direct and via the
+    proxy, from a client in another process (as the gateway is); medians, three rounds."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from tests.conftest import RedisServer
+
+    with tempfile.TemporaryDirectory() as d:
+        server = RedisServer(Path(d))
+        server.start()
+        try:
+            with RedisProxy(server.port) as proxy:
+                for _ in range(3):
+                    for name, url in (("direct", server.url), ("proxy", proxy.url)):
+                        out = subprocess.run([sys.executable, "-c", _MEASURE, url, server.url],
+                                             capture_output=True, text=True, check=True).stdout.split()
+                        print(f"{name:6s}  1,000 SETs {out[0]:>6s} ms   10,000 SETs {out[1]:>6s} ms   "
+                              f"XADD -> XREAD BLOCK wake-up {out[2]:>5s} us")
+                    proxy.clear()
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    _measure()

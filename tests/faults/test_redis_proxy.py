@@ -449,22 +449,29 @@ async def test_refuse_new_closes_new_connections_but_not_open_ones(proxy, connec
     assert await connect().ping() is True
 
 
-async def test_pause_black_holes_every_connection_until_resume(proxy, connect):
+async def test_pause_black_holes_every_connection_until_resume(proxy, connect, redis):
     r = connect(socket_timeout=0.3)
     await r.ping()
+    waiting = raw_socket(proxy)
+    waiting.sendall(resp("BLPOP", "l", "5"))
+    await asyncio.sleep(0.1)
     proxy.pause()
     try:
         with pytest.raises(TimeoutError):
             await r.ping()
+        await redis.rpush("l", "a")        # BLPOP is answered, but the answer is held
         with raw_socket(proxy) as s:       # a new connection is held too
             s.sendall(resp("ECHO", "later"))
-            s.settimeout(0.3)
-            with pytest.raises(socket.timeout):
-                s.recv(100)
+            for sock in (s, waiting):
+                sock.settimeout(0.3)
+                with pytest.raises(socket.timeout):
+                    sock.recv(100)
             proxy.resume()
             assert recv_until(s, b"later") == b"$5\r\nlater\r\n"
+            assert recv_until(waiting, b"a\r\n") == b"*2\r\n$1\r\nl\r\n$1\r\na\r\n"
     finally:
         proxy.resume()
+        waiting.close()
 
 
 async def test_cut_all_closes_every_current_connection(proxy, connect):
