@@ -88,7 +88,8 @@ class Gateway:
                                 ttl=settings.lease_ttl, margin=min(2.0, settings.lease_ttl / 4),
                                 max_job_runtime=settings.max_job_runtime,
                                 default_limit=self.routing.default_limit)
-        self.batches = BatchStore(self.redis, prefix=p, retention=settings.retention)
+        self.batches = BatchStore(self.redis, prefix=p, retention=settings.retention,
+                                  writer_ttl=settings.accept_timeout)
         self.queues = TaskQueues(self.redis, consumer=self.id, prefix=p)
         self.cancel_channel = f"{p}:cancel"
         self.dedup = Dedup(self.redis, prefix=p, ttl=settings.retention)
@@ -104,6 +105,7 @@ class Gateway:
         self.service = BatchService(
             redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
             sealer=self.sealer, dispatcher=self.dispatcher, dedup=self.dedup,
+            writer_wait=settings.accept_timeout + 5.0,
             limits=Limits(max_batch_tasks=settings.max_batch_tasks,
                           max_queued_per_tenant=settings.max_queued_per_tenant,
                           max_queued_bytes_per_tenant=settings.max_queued_bytes_per_tenant))

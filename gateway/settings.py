@@ -36,4 +36,5 @@ class GatewaySettings(CommonSettings):
     retention: float = setting(86400.0, "Seconds results and batch events are kept")
     drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM")
     heartbeat_interval: float = setting(2.0, "Seconds between worker heartbeats")
+    accept_timeout: float = setting(30.0, "Seconds a SubmitBatch call may take to write a batch; past it, a resubmission of the same batch id takes over (the first call is presumed dead)")
     max_message_bytes: int = setting(64 * 1024 * 1024, "Largest gRPC message accepted")
