@@ -17,7 +17,7 @@ RUN_EXTRAS   := demo
 TEST_EXTRAS  := demo,enhance,test
 BENCH_EXTRAS := demo,enhance,test,bench
 
-.PHONY: run serve test bench weights install system-deps buf proto wheel image image-cpu image-enhance clean
+.PHONY: run serve test bench weights install system-deps buf proto proto-baseline wheel image image-cpu image-enhance clean
 
 define install_extras
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ weights: $(VENV)/.installed-run
 # Regenerate the stubs after editing protos/ (grpcio-tools is a test-extra tool, exact version).
 proto: $(VENV)/.installed-test
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. protos/imagemesh/v1/*.proto
+
+# At a release: the protos as released become what `buf breaking` (tests/packaging) compares
+# against; until the first release the baseline is the API as it was before the check existed.
+proto-baseline: buf
+	$(BUF) build --exclude-source-info -o protos/baseline.binpb
 
 # The wheel (client + CLI; the server parts come with extras), into dist/.
 wheel: $(VENV)/.installed-run
