@@ -12,7 +12,7 @@ FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/imagemesh
 WORKDIR /src
-# What the wheel is built from (tests/packaging checks this list against its own build).
+# What the wheel is built from (tests/shipping checks this list against its own build).
 COPY pyproject.toml setup.py README.md ./
 COPY protos/ protos/
 COPY examples/ examples/

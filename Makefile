@@ -79,7 +79,7 @@ weights: $(VENV)/.installed-run
 proto: $(VENV)/.installed-test
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. protos/imagemesh/v1/*.proto
 
-# At a release: the protos as released become what `buf breaking` (tests/packaging) compares
+# At a release: the protos as released become what `buf breaking` (tests/shipping) compares
 # against; until the first release the baseline is the API as it was before the check existed.
 proto-baseline: buf
 	$(BUF) build --exclude-source-info -o protos/baseline.binpb
