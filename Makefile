@@ -84,8 +84,10 @@ proto: $(VENV)/.installed-test
 proto-baseline: buf
 	$(BUF) build --exclude-source-info -o protos/baseline.binpb
 
-# The wheel (client + CLI; the server parts come with extras), into dist/.
+# The wheel (client + CLI; the server parts come with extras), into dist/. build/ first goes:
+# setuptools would pack files left there by an earlier build.
 wheel: $(VENV)/.installed-run
+	rm -rf build
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
 
 # Container images: the CPU one (gateway, generation worker, CLI) and the CUDA enhance worker.
