@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class ImageMeshStub:
-    """Missing associated documentation comment in .proto file."""
+    """The client API (API keys with the `client` or `admin` role). A caller sees only its own
+    tenant's batches.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,34 +64,51 @@ class ImageMeshStub:
 
 
 class ImageMeshServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The client API (API keys with the `client` or `admin` role). A caller sees only its own
+    tenant's batches.
+    """
 
     def SubmitBatch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Submit a whole batch. Streams `accepted` (the batch id and the task ids in request order),
+        then one `result` per task as each finishes (any order), then `summary`; then the stream
+        ends. Resubmitting a batch_id returns that batch's events; nothing runs twice.
+        INVALID_ARGUMENT for a malformed batch (too many tasks, bad credentials), RESOURCE_EXHAUSTED
+        when the mesh or the tenant is over its bounds.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Stream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """An open session: send `open`, then tasks one by one as you have them (each starts at once
+        and is answered with `task_accepted`), then `close`. Streams `result`s as tasks finish and
+        ends with `summary` once closed and done. A session left without `close` is cancelled
+        unless StreamOpen.keep_running_on_disconnect.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchBatch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Re-attach after a disconnect, on any gateway: replays every event after `after_cursor`, then
+        follows new ones until the summary. NOT_FOUND for a batch that is unknown, expired or
+        another tenant's.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetBatch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A batch's counts and each task's state. NOT_FOUND as WatchBatch.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelBatch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancel every task that has not finished (each gets a CANCELLED result); returns the status
+        after the cancel. Cancelling a finished batch changes nothing. NOT_FOUND as WatchBatch.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -131,7 +150,9 @@ def add_ImageMeshServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ImageMesh:
-    """Missing associated documentation comment in .proto file."""
+    """The client API (API keys with the `client` or `admin` role). A caller sees only its own
+    tenant's batches.
+    """
 
     @staticmethod
     def SubmitBatch(request,
@@ -270,7 +291,8 @@ class ImageMesh:
 
 
 class MeshAdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Operating the mesh (API keys with the `admin` role; others get PERMISSION_DENIED).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -301,28 +323,35 @@ class MeshAdminStub:
 
 
 class MeshAdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Operating the mesh (API keys with the `admin` role; others get PERMISSION_DENIED).
+    """
 
     def ListKeys(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every provider key with its limit, leases in use and waiters.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetKeyLimit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Set a key's mesh-wide limit; effective everywhere at the next grant (within a second).
+        Returns the key's state. INVALID_ARGUMENT for a malformed key or a limit out of range,
+        FAILED_PRECONDITION for a provider configured without limits.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every worker connected to a gateway of the mesh.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListProviders(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """This gateway's providers and their circuit state.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -359,7 +388,8 @@ def add_MeshAdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MeshAdmin:
-    """Missing associated documentation comment in .proto file."""
+    """Operating the mesh (API keys with the `admin` role; others get PERMISSION_DENIED).
+    """
 
     @staticmethod
     def ListKeys(request,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class WorkerLinkStub:
-    """Missing associated documentation comment in .proto file."""
+    """The gateway's endpoint for workers (API keys with the `worker` role).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,10 +43,14 @@ class WorkerLinkStub:
 
 
 class WorkerLinkServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The gateway's endpoint for workers (API keys with the `worker` role).
+    """
 
     def Connect(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """One long-lived stream per worker and gateway, dialled by the worker: hello and welcome, then
+        credits, assignments, results and heartbeats both ways until either side drains. A stream
+        that breaks loses no task: the gateway re-queues the worker's unfinished attempts.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -67,7 +72,8 @@ def add_WorkerLinkServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class WorkerLink:
-    """Missing associated documentation comment in .proto file."""
+    """The gateway's endpoint for workers (API keys with the `worker` role).
+    """
 
     @staticmethod
     def Connect(request_iterator,
