@@ -16,7 +16,8 @@ import sys
 from imagemesh.config import load
 from imagemesh.process import configure_logging, exit_on_fatal_error, serve_metrics
 from imagemesh.podcost import PodDeletionCost
-from imagemesh.worker import HealthServer, WorkerRuntime, dial_tls, serve
+from imagemesh.health import HealthServer
+from imagemesh.worker import WorkerRuntime, dial_tls, serve
 
 from .engine import EnhanceEngine
 from .settings import EnhanceSettings

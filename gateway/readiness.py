@@ -22,7 +22,6 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger("imagemesh.gateway.readiness")
 
-LIVENESS = "liveness"  # the health service liveness probes ask for (k8s/base/gateway.yaml)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

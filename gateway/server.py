@@ -4,9 +4,11 @@ the dispatcher, and the Redis pub/sub that ties the replicas together.
 Lifecycle: `start()` → SERVING; `drain()` (SIGTERM) → NOT_SERVING, stop taking work, let
 in-flight attempts finish within the grace, re-queue the rest, stop the server.
 
-Health (on the API port): the overall status `""` and each service's are SERVING only while
-Redis answers (`readiness.RedisReadiness`: readiness probes); `liveness` is SERVING from start to
-drain, whatever Redis does (liveness probes: restarting a gateway can't bring Redis back).
+Health, on the API port and on a plaintext health port of its own (`IMAGEMESH_HEALTH_PORT`:
+kubelet's gRPC probes can't speak TLS): the overall status `""` and each service's are SERVING
+only while Redis answers (`readiness.RedisReadiness`: readiness probes); `liveness` is SERVING
+from start to drain, whatever Redis does (liveness probes: restarting a gateway can't bring Redis
+back).
 
 Transport: TLS or mutual TLS when configured (`imagemesh.tls`), plaintext otherwise, said in
 the start log; every call is authenticated from its metadata before its request is read
@@ -33,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from imagemesh.auth import ApiKeys
 from imagemesh.config import parse_mapping
 from imagemesh.credentials import Sealer
+from imagemesh.health import LIVENESS, HealthServer
 from imagemesh.leases import LeaseBook
 from imagemesh.process import FatalError, check_port_free
 from imagemesh.tls import ServerTls, TlsConfigError, describe_server
@@ -48,7 +51,7 @@ from .dedup import Dedup
 from .dispatch import Dispatcher, DispatchSettings
 from .interceptors import Authenticator
 from .queues import TaskQueues
-from .readiness import LIVENESS, RedisReadiness
+from .readiness import RedisReadiness
 from .registry import WorkerRegistry
 from .routing import Routing, RoutingSettings
 from .service import BatchService
@@ -134,6 +137,7 @@ class Gateway:
         self.registry = WorkerRegistry(self.redis, gateway_id=self.id, prefix=p)
         self.health = health_aio.HealthServicer()
         self.readiness = RedisReadiness(self.redis, self.health, ("", *SERVICES))
+        self.probes = HealthServer(settings.health_port, settings.health_host, servicer=self.health)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._listener: asyncio.Task | None = None
@@ -171,11 +175,13 @@ class Gateway:
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
         self.port = self._bind()
-        log.info("gRPC transport: %s", describe_server(self.tls))
+        # Plaintext is allowed (the demo, a trusted network) but never silent.
+        log.log(logging.INFO if self.tls else logging.WARNING, "gRPC transport: %s", describe_server(self.tls))
         await self.leases.start()
         await self.dispatcher.start()
         self._listener = asyncio.create_task(self._listen())
         self._publisher = asyncio.create_task(self._publish_workers())
+        await self.probes.start()  # NOT_SERVING until Redis has answered
         await self.server.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.readiness.start()
@@ -235,6 +241,7 @@ class Gateway:
 
     async def stop(self, grace: float = 0.0) -> None:
         await self.readiness.stop()
+        await self.probes.stop()
         if self.server is not None:
             await self.server.stop(grace)
         await self.dispatcher.stop()

@@ -13,6 +13,8 @@ class GatewaySettings(CommonSettings):
 
     listen: str = setting("127.0.0.1:50051", "gRPC address to listen on (port 0: a free port, printed at start); "
                                              "health is served here too")
+    health_port: int = setting(8080, "Port of a plaintext gRPC health service for probes, which can't speak TLS "
+                                     "(0: a free port; -1: off). SERVING while Redis answers; 'liveness' while running")
     tls_cert: str = setting("", "Server certificate chain (PEM); with IMAGEMESH_TLS_KEY turns TLS on (empty: plaintext). "
                                 "Re-read when the file changes")
     tls_key: str = setting("", "The private key (PEM) of IMAGEMESH_TLS_CERT")

@@ -12,7 +12,8 @@ import httpx
 from imagemesh.config import load, parse_mapping
 from imagemesh.process import configure_logging, exit_on_fatal_error, serve_metrics
 from imagemesh.podcost import PodDeletionCost
-from imagemesh.worker import HealthServer, WorkerRuntime, dial_tls, serve
+from imagemesh.health import HealthServer
+from imagemesh.worker import WorkerRuntime, dial_tls, serve
 
 from .executor import GenerateExecutor
 from .providers import build_providers

@@ -79,10 +79,12 @@ def parse_mapping(text: str, *, value_type: type = str) -> dict[str, Any]:
 class CommonSettings:
     """Settings every process has."""
 
-    # Each process has its own default port (gateway 9464, generation worker 9465, enhance
-    # worker 9466), none of them Prometheus's own 9090, so they can share a host.
+    # Each process has its own default ports (metrics: gateway 9464, generation worker 9465,
+    # enhance worker 9466, none of them Prometheus's own 9090; health: 8080, 8081, 8082), so
+    # one of each can share a host.
     metrics_port: int = setting(9464, "Port of the Prometheus /metrics endpoint, plain HTTP (0: a free port; -1: off)")
     metrics_host: str = setting("127.0.0.1", "Address /metrics binds (0.0.0.0: every interface, as in k8s/)")
+    health_host: str = setting("127.0.0.1", "Address the plaintext health port binds (0.0.0.0: every interface, as in k8s/)")
     log_level: str = setting("INFO", "Log level")
 
 
@@ -96,7 +98,6 @@ class WorkerRuntimeSettings(CommonSettings):
     capacity: int = setting(16, "Tasks run at once")
     health_port: int = setting(8081, "Port of the gRPC health service, plaintext (0: a free port; -1: off). "
                                      "SERVING only while connected to a gateway; service 'liveness' while the process runs")
-    health_host: str = setting("127.0.0.1", "Address the health service binds (0.0.0.0: every interface, as in k8s/)")
     tls_ca: str = setting("", "CA certificate (PEM) to verify the gateway with; setting it turns TLS on (empty: plaintext)")
     tls_cert: str = setting("", "This worker's client certificate (PEM), for a gateway that requires mutual TLS")
     tls_key: str = setting("", "The private key (PEM) of IMAGEMESH_TLS_CERT")

@@ -59,6 +59,11 @@ def check_port_free(setting: str, host: str, port: int) -> None:
             raise FatalError(f"{setting}: cannot bind {host}:{port} ({exc.strerror})") from None
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port` as gRPC wants it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def serve_metrics(port: int, host: str = "127.0.0.1") -> int | None:
     """Start /metrics (plain HTTP) on host:port unless port is -1; returns the bound port
     (announced on stdout). FatalError when the port can't be bound."""

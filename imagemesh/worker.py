@@ -35,13 +35,12 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 
 from imagemesh.errors import Internal, TaskFailure
 from imagemesh import metrics
 from imagemesh.podcost import PodDeletionCost
-from imagemesh.process import FatalError, announce, check_port_free, stop_signal
+from imagemesh.health import HealthServer
+from imagemesh.process import FatalError, stop_signal
 from imagemesh.tls import ChannelTls, TlsConfigError, channel, describe_channel
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
@@ -49,7 +48,6 @@ from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
 
 log = logging.getLogger("imagemesh.worker")
 
-LIVENESS = "liveness"  # the health service liveness probes ask for (k8s/base/*-worker.yaml)
 AUTH_REFUSALS_BEFORE_EXIT = 3
 PERMANENT = {grpc.StatusCode.UNAUTHENTICATED: "does not know this worker's key (IMAGEMESH_API_KEY)",
              grpc.StatusCode.PERMISSION_DENIED: "refuses this worker's key: its role is not `worker` (IMAGEMESH_API_KEY)"}
@@ -72,48 +70,6 @@ def failed(assignment: wpb.Assignment, failure: TaskFailure, **extra) -> wpb.Att
         fence=assignment.fence, state=pb.FAILED, provider=assignment.provider,
         error=pb.TaskError(code=failure.code, message=failure.message, retryable=failure.retryable),
         fallback_ok=failure.fallback_ok, **extra)
-
-
-class HealthServer:
-    """The standard gRPC health service on its own plaintext port (Kubernetes' native gRPC
-    probes): `""` for readiness, `liveness` for liveness. Port -1: no server (every call is a
-    no-op). FatalError when the port can't be bound (reuse is off: a busy port fails)."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self.servicer = health_aio.HealthServicer()
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)]) if port >= 0 else None
-        self.port = -1
-        if self.server is not None:
-            health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
-            check_port_free("IMAGEMESH_HEALTH_PORT", host, port)
-            try:
-                self.port = self.server.add_insecure_port(f"{host}:{port}")
-            except RuntimeError:
-                raise FatalError(f"IMAGEMESH_HEALTH_PORT: cannot listen on {host}:{port}") from None
-
-    async def start(self) -> None:
-        """Start NOT_SERVING (both services), and say the port on stdout."""
-        if self.server is None:
-            return
-        await self.server.start()
-        await self.set(False)
-        await self.set_live(False)
-        announce("HEALTH_PORT", self.port)
-
-    @staticmethod
-    def _status(serving: bool):
-        return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-
-    async def set(self, serving: bool) -> None:
-        """Readiness: connected to a gateway and able to work."""
-        await self.servicer.set("", self._status(serving))
-
-    async def set_live(self, serving: bool) -> None:
-        await self.servicer.set(LIVENESS, self._status(serving))
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop(0)
 
 
 def dial_tls(s) -> ChannelTls | None:
