@@ -40,6 +40,7 @@ async def amain(s: EnhanceSettings) -> int:
     runtime = WorkerRuntime(gateway=s.gateway, pool="enhance", capacity=s.capacity, executor=engine,
                             worker_id=s.worker_id or f"enhance-{socket.gethostname()}-{os.getpid()}",
                             api_key=s.api_key, device=engine.device, heartbeat=s.heartbeat_interval,
+                            max_message_bytes=s.max_message_bytes,
                             deletion_cost=PodDeletionCost.from_environment(), tls=tls)
     await serve(runtime, health, s.drain_seconds)
     await engine.close()

@@ -37,7 +37,7 @@ async def amain(s: WorkerSettings) -> int:
     runtime = WorkerRuntime(gateway=s.gateway, pool="generate", capacity=s.capacity, executor=executor,
                             worker_id=s.worker_id or f"gen-{socket.gethostname()}-{os.getpid()}",
                             api_key=s.api_key, device="remote", providers=tuple(providers),
-                            heartbeat=s.heartbeat_interval,
+                            heartbeat=s.heartbeat_interval, max_message_bytes=s.max_message_bytes,
                             deletion_cost=PodDeletionCost.from_environment(), tls=tls)
     health = HealthServer(s.health_port, s.health_host)
     await health.start()

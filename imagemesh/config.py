@@ -104,3 +104,5 @@ class WorkerRuntimeSettings(CommonSettings):
     tls_server_name: str = setting("", "Server name expected in the gateway's certificate instead of the dialled host")
     drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM")
     heartbeat_interval: float = setting(2.0, "Seconds between heartbeats")
+    max_message_bytes: int = setting(16 * 1024 * 1024, "Largest gRPC message sent to or accepted from the gateway; "
+                                                      "the same as the gateway's (a larger result fails its task alone)")

@@ -49,6 +49,9 @@ from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
 log = logging.getLogger("imagemesh.worker")
 
 AUTH_REFUSALS_BEFORE_EXIT = 3
+# Room left in a frame for what wraps a result on its way to the client (a BatchEvent's batch id
+# and cursor, the worker frame's heartbeat): results are capped at max_message_bytes minus this.
+FRAME_MARGIN = 16 * 1024
 PERMANENT = {grpc.StatusCode.UNAUTHENTICATED: "does not know this worker's key (IMAGEMESH_API_KEY)",
              grpc.StatusCode.PERMISSION_DENIED: "refuses this worker's key: its role is not `worker` (IMAGEMESH_API_KEY)"}
 
@@ -106,7 +109,7 @@ async def serve(runtime: "WorkerRuntime", health: HealthServer, drain_seconds: f
 class WorkerRuntime:
     def __init__(self, *, gateway: str, pool: str, capacity: int, executor: Executor,
                  worker_id: str, api_key: str, device: str = "", providers: tuple[str, ...] = (),
-                 heartbeat: float = 2.0, max_message_bytes: int = 64 * 1024 * 1024,
+                 heartbeat: float = 2.0, max_message_bytes: int = 16 * 1024 * 1024,
                  deletion_cost: PodDeletionCost | None = None, tls: ChannelTls | None = None) -> None:
         self.gateway = gateway
         self.pool = pool
@@ -241,7 +244,8 @@ class WorkerRuntime:
                     self._idle.set()
 
     async def _write(self, call) -> None:
-        """Send what is ready as one frame; heartbeat when there is nothing to say."""
+        """Send what is ready, in as few frames as fit `max_message_bytes`; heartbeat when
+        there is nothing to say."""
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox.wait(), self.heartbeat)
@@ -249,18 +253,45 @@ class WorkerRuntime:
             results, self._results = self._results, []
             returned, self._returned = self._returned, []
             stopping = self.draining or self._goaway.is_set()
-            msg = wpb.WorkerMessage(results=results, returned=returned,
-                                    credits=0 if stopping else len(results),
-                                    draining=stopping,
-                                    heartbeat=wpb.Heartbeat(in_flight=len(self.running),
-                                                            sent_unix_ms=int(time.time() * 1000)))
             self._sending = True
             try:
-                await call.write(msg)
+                for i, chunk in enumerate(self._frames(results)):
+                    await call.write(wpb.WorkerMessage(
+                        results=chunk, returned=returned if i == 0 else (),
+                        credits=0 if stopping else len(chunk), draining=stopping,
+                        heartbeat=wpb.Heartbeat(in_flight=len(self.running), sent_unix_ms=int(time.time() * 1000))))
             finally:
                 self._sending = False
             if self.deletion_cost is not None:
                 await self.deletion_cost.update(len(self.running))
+
+    def _frames(self, results: list[wpb.AttemptResult]) -> list[list[wpb.AttemptResult]]:
+        """Results grouped into frames the gateway accepts (`max_message_bytes`, less a margin
+        for the event that carries a result on to the client). A result that can't fit any
+        frame (large inline outputs) fails alone, so it never breaks the stream and with it
+        every other attempt on it (the gateway would refuse the frame: RESOURCE_EXHAUSTED)."""
+        limit = self.max_message_bytes - FRAME_MARGIN
+        frames: list[list[wpb.AttemptResult]] = [[]]
+        size = 0
+        for r in results:
+            n = r.ByteSize()
+            if n > limit:
+                log.warning("attempt %s: its result is %d bytes, more than a frame carries (%d); failing it",
+                            r.attempt_id, n, limit)
+                r = wpb.AttemptResult(
+                    attempt_id=r.attempt_id, task_id=r.task_id, attempt=r.attempt, fence=r.fence, state=pb.FAILED,
+                    provider=r.provider, run_ms=r.run_ms, error=pb.TaskError(
+                        code="INVALID_INPUT", retryable=False,
+                        message=f"the result is {n} bytes, more than one gRPC message may carry ({limit}, "
+                                "IMAGEMESH_MAX_MESSAGE_BYTES): ask for URLs rather than inline outputs, or "
+                                "fewer or smaller outputs"))
+                n = r.ByteSize()
+            if frames[-1] and size + n > limit:
+                frames.append([])
+                size = 0
+            frames[-1].append(r)
+            size += n
+        return frames
 
     # -- attempts ---------------------------------------------------------------------------
     def _start(self, a: wpb.Assignment) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import grpc
 import pytest
 
-from imagemesh.client import Client
+from imagemesh.client import Client, generate
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 from tests.processes import CLIENT_KEY, WORKER_KEY
@@ -74,3 +74,27 @@ async def test_default_message_limit_is_16_mib(mesh_factory):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await client.api.SubmitBatch(request, metadata=client._metadata).read()
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.timeout(120)
+async def test_results_larger_than_a_message_fail_alone_and_the_rest_arrive(mesh_factory):
+    """With a small message limit on both sides, a worker splits its results over several
+    frames, and the one result that can't fit any frame fails alone (INVALID_INPUT), instead of
+    a refused frame breaking the stream and every attempt on it."""
+    limit = 100_000
+    m = mesh_factory(IMAGEMESH_MAX_MESSAGE_BYTES=str(limit), IMAGEMESH_CAPACITY="8")
+    m.start_gateway()
+    worker = m.start_worker()
+    tasks = [generate(f"fox {i}", f"fox{i}.jpg", providers=["local"], width=1024, height=1024, format="jpg")
+             for i in range(6)]  # ~50 kB each: one or two per frame
+    tasks.append(generate("big fox", "big.jpg", providers=["local"], width=2048, height=2048, format="jpg"))  # ~135 kB
+    results = {}
+    async with Client(m.address, CLIENT_KEY, reattach_attempts=0) as client:
+        async for event in client.submit(tasks):
+            if event.HasField("result"):
+                results[event.result.output_filename] = event.result
+    big = results.pop("big.jpg")
+    assert big.state == pb.FAILED and big.error.code == "INVALID_INPUT" and "IMAGEMESH_MAX_MESSAGE_BYTES" in big.error.message
+    assert {r.state for r in results.values()} == {pb.SUCCEEDED} and len(results) == 6
+    assert all(r.attempts == 1 for r in results.values())  # nothing re-ran after a broken stream
+    assert worker.log().count("connected to gateway") == 1
