@@ -43,17 +43,17 @@ class RedisReadiness:
         self._task = asyncio.create_task(self._run())
 
     async def check(self) -> bool:
+        problem = ""
         try:
             await asyncio.wait_for(self.redis.ping(), self.timeout)
-            ready = True
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            ready = False
-            reason = type(exc).__name__
+            problem = type(exc).__name__
+        ready = not problem
         if ready != self.ready:
             if ready:
                 log.info("Redis answers: SERVING")
             else:
-                log.warning("Redis is unreachable (%s): NOT_SERVING until it answers again", reason)
+                log.warning("Redis is unreachable (%s): NOT_SERVING until it answers again", problem)
             self.ready = ready
             for name in self.services:
                 await self.health.set(name, SERVING if ready else NOT_SERVING)

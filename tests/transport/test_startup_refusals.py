@@ -14,7 +14,6 @@ import pytest
 from enhance_worker.settings import EnhanceSettings
 from gateway.settings import GatewaySettings
 from gen_worker.settings import WorkerSettings
-from tests.conftest import free_port
 
 from . import health
 from .conftest import listening_addresses, run_to_exit
