@@ -18,7 +18,7 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _pem_key(key) -> bytes:
+def pem_key(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
@@ -74,7 +74,7 @@ class Authority:
         cert = builder.sign(self.key, hashes.SHA256())
         pair = into or Pair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
         # Each file replaced whole (what a Secret volume update does), the key first.
-        for path, data in ((pair.key, _pem_key(key)), (pair.cert, cert.public_bytes(serialization.Encoding.PEM))):
+        for path, data in ((pair.key, pem_key(key)), (pair.cert, cert.public_bytes(serialization.Encoding.PEM))):
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
