@@ -94,9 +94,9 @@ class Gateway:
             # With a random key per replica, a batch accepted by one gateway can't be run by
             # another, and one token gets a key id per replica (doubling its mesh-wide limit).
             raise FatalError("IMAGEMESH_SECRET_KEY is not set: give every gateway the same Fernet key (make one "
-                               "with `python -c 'from cryptography.fernet import Fernet; "
-                               "print(Fernet.generate_key().decode())'`), or set IMAGEMESH_SINGLE_INSTANCE=true "
-                               "to run one gateway with a random key")
+                             "with `python -c 'from cryptography.fernet import Fernet; "
+                             "print(Fernet.generate_key().decode())'`), or set IMAGEMESH_SINGLE_INSTANCE=true "
+                             "to run one gateway with a random key")
         self.sealer = Sealer(settings.secret_key or None)
         if self.sealer.ephemeral:
             log.warning("IMAGEMESH_SINGLE_INSTANCE: callers' tokens are sealed with a random key; run this "
@@ -207,7 +207,7 @@ class Gateway:
             return self.server.add_insecure_port(self.s.listen)
         except RuntimeError:
             raise FatalError(f"IMAGEMESH_LISTEN: cannot listen on {self.s.listen} (in use, or not an "
-                               "address of this host)") from None
+                             "address of this host)") from None
 
     async def _listen(self) -> None:
         """Pub/sub from the other replicas: new work in a pool, batches cancelled."""

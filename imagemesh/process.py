@@ -55,7 +55,7 @@ def check_port_free(setting: str, host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise FatalError(f"{setting}: port {port} on {host} is already in use "
-                                   f"(another process listens there)") from None
+                                 f"(another process listens there)") from None
             raise FatalError(f"{setting}: cannot bind {host}:{port} ({exc.strerror})") from None
 
 
