@@ -14,9 +14,10 @@ import socket
 import sys
 
 from imagemesh.config import load
-from imagemesh.process import configure_logging, serve_metrics
+from imagemesh.process import configure_logging, exit_on_fatal_error, serve_metrics
 from imagemesh.podcost import PodDeletionCost
-from imagemesh.worker import HealthServer, WorkerRuntime, serve
+from imagemesh.health import HealthServer
+from imagemesh.worker import WorkerRuntime, dial_tls, serve
 
 from .engine import EnhanceEngine
 from .settings import EnhanceSettings
@@ -26,7 +27,8 @@ log = logging.getLogger("imagemesh.enhance")
 
 
 async def amain(s: EnhanceSettings) -> int:
-    health = HealthServer(s.health_port)
+    tls = dial_tls(s)  # FatalError now, not after the models have loaded
+    health = HealthServer(s.health_port, s.health_host)
     await health.start()  # NOT_SERVING until the models are loaded
     try:
         engine = await EnhanceEngine.create(s)
@@ -38,7 +40,8 @@ async def amain(s: EnhanceSettings) -> int:
     runtime = WorkerRuntime(gateway=s.gateway, pool="enhance", capacity=s.capacity, executor=engine,
                             worker_id=s.worker_id or f"enhance-{socket.gethostname()}-{os.getpid()}",
                             api_key=s.api_key, device=engine.device, heartbeat=s.heartbeat_interval,
-                            deletion_cost=PodDeletionCost.from_environment())
+                            max_message_bytes=s.max_message_bytes,
+                            deletion_cost=PodDeletionCost.from_environment(), tls=tls)
     await serve(runtime, health, s.drain_seconds)
     await engine.close()
     return 0
@@ -47,8 +50,10 @@ async def amain(s: EnhanceSettings) -> int:
 def main(argv: list[str] | None = None) -> None:
     settings = load(EnhanceSettings, argv, prog="imagemesh-enhance-worker")
     configure_logging(settings.log_level)
-    serve_metrics(settings.metrics_port)
-    sys.exit(asyncio.run(amain(settings)))
+    with exit_on_fatal_error("imagemesh-enhance-worker"):
+        serve_metrics(settings.metrics_port, settings.metrics_host)
+        code = asyncio.run(amain(settings))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

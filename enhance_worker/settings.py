@@ -15,6 +15,10 @@ class EnhanceSettings(WorkerRuntimeSettings):
     capacity: int = setting(2, "Tasks held at once. Inference runs one image at a time; 2 keeps the model busy "
                                "while the next image is fetched and decoded. More only queues work here that "
                                "another worker could take")
+    metrics_port: int = setting(9466, "Port of the Prometheus /metrics endpoint, plain HTTP (0: a free port; -1: off)")
+    health_port: int = setting(8082, "Port of the gRPC health service, plaintext (0: a free port; -1: off). SERVING "
+                                     "only while connected to a gateway (so after the models load); 'liveness' "
+                                     "once the models are loaded")
     drain_seconds: float = setting(120.0, "Grace for in-flight work on SIGTERM (an image can take a minute on a CPU)")
 
     # -- the models ----------------------------------------------------------------------------

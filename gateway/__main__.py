@@ -7,7 +7,7 @@ import logging
 import sys
 
 from imagemesh.config import load
-from imagemesh.process import announce, configure_logging, serve_metrics, stop_signal
+from imagemesh.process import announce, configure_logging, exit_on_fatal_error, serve_metrics, stop_signal
 
 from .server import Gateway
 from .settings import GatewaySettings
@@ -33,8 +33,10 @@ async def amain(settings: GatewaySettings) -> int:
 def main(argv: list[str] | None = None) -> None:
     settings = load(GatewaySettings, argv, prog="imagemesh-gateway")
     configure_logging(settings.log_level)
-    serve_metrics(settings.metrics_port)
-    sys.exit(asyncio.run(amain(settings)))
+    with exit_on_fatal_error("imagemesh-gateway"):
+        serve_metrics(settings.metrics_port, settings.metrics_host)
+        code = asyncio.run(amain(settings))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """gRPC servicers of the public API: they translate, `BatchService` decides.
 
-Status codes: UNAUTHENTICATED (no or wrong key), PERMISSION_DENIED (role), INVALID_ARGUMENT
+Status codes: UNAUTHENTICATED (no or wrong key) and PERMISSION_DENIED (role), both from
+`interceptors.Authenticator` before the request is read, INVALID_ARGUMENT
 (the whole request is wrong: field and limit in the message), NOT_FOUND, RESOURCE_EXHAUSTED
 (overload, with a retry hint in `retry-after-ms` trailing metadata), UNAVAILABLE (Redis down).
 """
@@ -16,27 +17,15 @@ import grpc
 from redis.exceptions import RedisError
 
 from imagemesh import metrics
-from imagemesh.auth import ApiKeys, Caller
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 
 from .batches import BadCursor
+from .interceptors import current_caller
 from .service import BatchService, Forbidden, NotFound, Overloaded
 from .validation import BadRequest
 
 log = logging.getLogger("imagemesh.gateway.api")
-
-
-async def authenticate(keys: ApiKeys, context: grpc.aio.ServicerContext, *roles: str) -> Caller:
-    metadata = dict(context.invocation_metadata() or ())
-    caller = keys.identify(metadata.get("authorization"))
-    if caller is None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                            "missing or unknown API key: send metadata 'authorization: Bearer <key>'")
-    if roles and caller.role not in roles and not caller.is_admin:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"this call needs the role {' or '.join(roles)}; the key has role {caller.role}")
-    return caller
 
 
 @contextlib.asynccontextmanager
@@ -83,13 +72,15 @@ async def _until(events: AsyncIterator, stop: asyncio.Event) -> AsyncIterator:
 
 
 class ImageMeshServicer(pb_grpc.ImageMeshServicer):
-    def __init__(self, service: BatchService, keys: ApiKeys) -> None:
+    """Callers are authenticated (key and role) by `interceptors.Authenticator` before a
+    request is read; each method takes the caller from `current_caller()`."""
+
+    def __init__(self, service: BatchService) -> None:
         self.service = service
-        self.keys = keys
         self._cleanups: set[asyncio.Task] = set()
 
     async def SubmitBatch(self, request, context):
-        caller = await authenticate(self.keys, context, "client")
+        caller = current_caller()
         metrics.CLIENT_STREAMS.inc()
         try:
             async with translated(context):
@@ -102,7 +93,7 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
             metrics.CLIENT_STREAMS.dec()
 
     async def Stream(self, request_iterator, context):
-        caller = await authenticate(self.keys, context, "client")
+        caller = current_caller()
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("open"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
@@ -169,7 +160,7 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
             await self.service.cancel(caller, batch_id)
 
     async def WatchBatch(self, request, context):
-        caller = await authenticate(self.keys, context, "client")
+        caller = current_caller()
         metrics.CLIENT_STREAMS.inc()
         try:
             async with translated(context):
@@ -179,11 +170,11 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
             metrics.CLIENT_STREAMS.dec()
 
     async def GetBatch(self, request, context):
-        caller = await authenticate(self.keys, context, "client")
+        caller = current_caller()
         async with translated(context):
             return await self.service.status(caller, request.batch_id)
 
     async def CancelBatch(self, request, context):
-        caller = await authenticate(self.keys, context, "client")
+        caller = current_caller()
         async with translated(context):
             return await self.service.cancel(caller, request.batch_id)

@@ -16,11 +16,9 @@ import time
 
 import grpc
 
-from imagemesh.auth import ApiKeys
 from imagemesh.v1 import worker_pb2 as wpb
 from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
 
-from .api import authenticate
 from .dispatch import POOLS, Dispatcher
 from .pools import BadCredits, Worker
 
@@ -28,15 +26,14 @@ log = logging.getLogger("imagemesh.gateway.workers")
 
 
 class WorkerLinkServicer(wpb_grpc.WorkerLinkServicer):
-    def __init__(self, dispatcher: Dispatcher, keys: ApiKeys, *, gateway_id: str,
-                 heartbeat_interval: float) -> None:
+    """Worker keys only: `interceptors.Authenticator` refuses other callers before a frame is read."""
+
+    def __init__(self, dispatcher: Dispatcher, *, gateway_id: str, heartbeat_interval: float) -> None:
         self.dispatcher = dispatcher
-        self.keys = keys
         self.gateway_id = gateway_id
         self.heartbeat = heartbeat_interval
 
     async def Connect(self, request_iterator, context):
-        await authenticate(self.keys, context, "worker")
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry `hello`")

@@ -10,9 +10,10 @@ import sys
 import httpx
 
 from imagemesh.config import load, parse_mapping
-from imagemesh.process import configure_logging, serve_metrics
+from imagemesh.process import configure_logging, exit_on_fatal_error, serve_metrics
 from imagemesh.podcost import PodDeletionCost
-from imagemesh.worker import HealthServer, WorkerRuntime, serve
+from imagemesh.health import HealthServer
+from imagemesh.worker import WorkerRuntime, dial_tls, serve
 
 from .executor import GenerateExecutor
 from .providers import build_providers
@@ -22,6 +23,7 @@ from .settings import WorkerSettings
 
 
 async def amain(s: WorkerSettings) -> int:
+    tls = dial_tls(s)  # FatalError now, not after the first connection attempt
     http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0), timeout=30.0)
     # Adapters keep their own sharded connection pools: one shared httpx pool costs CPU that
     # grows with the square of its connections (encode/httpcore#1035). `http` is for inlining.
@@ -35,9 +37,9 @@ async def amain(s: WorkerSettings) -> int:
     runtime = WorkerRuntime(gateway=s.gateway, pool="generate", capacity=s.capacity, executor=executor,
                             worker_id=s.worker_id or f"gen-{socket.gethostname()}-{os.getpid()}",
                             api_key=s.api_key, device="remote", providers=tuple(providers),
-                            heartbeat=s.heartbeat_interval,
-                            deletion_cost=PodDeletionCost.from_environment())
-    health = HealthServer(s.health_port)
+                            heartbeat=s.heartbeat_interval, max_message_bytes=s.max_message_bytes,
+                            deletion_cost=PodDeletionCost.from_environment(), tls=tls)
+    health = HealthServer(s.health_port, s.health_host)
     await health.start()
     await serve(runtime, health, s.drain_seconds)
     for provider in providers.values():
@@ -49,8 +51,10 @@ async def amain(s: WorkerSettings) -> int:
 def main(argv: list[str] | None = None) -> None:
     settings = load(WorkerSettings, argv, prog="imagemesh-gen-worker")
     configure_logging(settings.log_level)
-    serve_metrics(settings.metrics_port)
-    sys.exit(asyncio.run(amain(settings)))
+    with exit_on_fatal_error("imagemesh-gen-worker"):
+        serve_metrics(settings.metrics_port, settings.metrics_host)
+        code = asyncio.run(amain(settings))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ from imagemesh.config import WorkerRuntimeSettings, setting
 class WorkerSettings(WorkerRuntimeSettings):
     """ImageMesh generation worker: runs generate tasks against the hosted image APIs."""
 
+    # -- the worker runtime (imagemesh.config.WorkerRuntimeSettings), with this worker's ports --
+    metrics_port: int = setting(9465, "Port of the Prometheus /metrics endpoint, plain HTTP (0: a free port; -1: off)")
+    health_port: int = setting(8081, "Port of the gRPC health service, plaintext (0: a free port; -1: off). "
+                                     "SERVING only while connected to a gateway; service 'liveness' while the process runs")
+
     local_latency_ms: int = setting(0, "Latency of the offline `local` renderer (demos, benchmarks)")
     replicate_base_url: str = setting("https://api.replicate.com", "Replicate API base URL")
     fal_base_url: str = setting("https://queue.fal.run", "fal queue API base URL")

@@ -10,6 +10,12 @@ the batch id itself (so a resubmission after a failure before `accepted` is the 
 nothing runs twice), remembers the cursor of the last event it yielded, and when a stream
 breaks it re-attaches with `WatchBatch(batch_id, after_cursor)` on whichever gateway answers,
 with exponential backoff, up to `reattach_attempts` times.
+
+Transport: `tls=None` (the default) takes TLS from the environment (`IMAGEMESH_TLS_CA`, and
+`IMAGEMESH_TLS_CERT` / `IMAGEMESH_TLS_KEY` for mutual TLS, `IMAGEMESH_TLS_SERVER_NAME`), plaintext
+when none is set; `tls=True` verifies the gateway against the system's CA certificates;
+`tls=ChannelTls(ca=..., cert=..., key=...)` says it all explicitly; `tls=False` is plaintext.
+A gateway that requires TLS refuses a plaintext client (UNAVAILABLE: the connection is closed).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from imagemesh.tls import ChannelTls, channel
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 
@@ -69,11 +76,18 @@ def cursor_key(cursor: str) -> tuple[int, int]:
 
 class Client:
     def __init__(self, target: str, api_key: str, *, reattach_attempts: int = 20,
-                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 16 * 1024 * 1024, tls: ChannelTls | bool | None = None) -> None:
+        """`tls`: see the module docstring. Raises imagemesh.tls.TlsConfigError when a
+        certificate file can't be read."""
         self.target = target
         self.reattach_attempts = reattach_attempts
         self._metadata = (("authorization", f"Bearer {api_key}"),)
-        self._channel = grpc.aio.insecure_channel(target, options=[
+        if tls is None:
+            tls = ChannelTls.from_environment()
+        elif tls is True:
+            tls = ChannelTls()
+        self.tls = tls or None
+        self._channel = channel(target, self.tls, [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),

@@ -79,7 +79,12 @@ def parse_mapping(text: str, *, value_type: type = str) -> dict[str, Any]:
 class CommonSettings:
     """Settings every process has."""
 
-    metrics_port: int = setting(9090, "Port of the Prometheus /metrics endpoint (0: a free port; -1: off)")
+    # Each process has its own default ports (metrics: gateway 9464, generation worker 9465,
+    # enhance worker 9466, none of them Prometheus's own 9090; health: 8080, 8081, 8082), so
+    # one of each can share a host.
+    metrics_port: int = setting(9464, "Port of the Prometheus /metrics endpoint, plain HTTP (0: a free port; -1: off)")
+    metrics_host: str = setting("127.0.0.1", "Address /metrics binds (0.0.0.0: every interface, as in k8s/)")
+    health_host: str = setting("127.0.0.1", "Address the plaintext health port binds (0.0.0.0: every interface, as in k8s/)")
     log_level: str = setting("INFO", "Log level")
 
 
@@ -91,6 +96,13 @@ class WorkerRuntimeSettings(CommonSettings):
     api_key: str = setting("", "This worker's key (role worker)")
     worker_id: str = setting("", "Name shown in ListWorkers (default: host-pid)")
     capacity: int = setting(16, "Tasks run at once")
-    health_port: int = setting(8081, "Port of the gRPC health service (0: a free port; -1: off)")
+    health_port: int = setting(8081, "Port of the gRPC health service, plaintext (0: a free port; -1: off). "
+                                     "SERVING only while connected to a gateway; service 'liveness' while the process runs")
+    tls_ca: str = setting("", "CA certificate (PEM) to verify the gateway with; setting it turns TLS on (empty: plaintext)")
+    tls_cert: str = setting("", "This worker's client certificate (PEM), for a gateway that requires mutual TLS")
+    tls_key: str = setting("", "The private key (PEM) of IMAGEMESH_TLS_CERT")
+    tls_server_name: str = setting("", "Server name expected in the gateway's certificate instead of the dialled host")
     drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM")
     heartbeat_interval: float = setting(2.0, "Seconds between heartbeats")
+    max_message_bytes: int = setting(16 * 1024 * 1024, "Largest gRPC message sent to or accepted from the gateway; "
+                                                      "the same as the gateway's (a larger result fails its task alone)")

@@ -12,6 +12,16 @@ watchdog cancels the executor at that point whatever the gateway does.
 
 On drain (SIGTERM): health NOT_SERVING, `draining` sent (no more assignments), running work
 gets `grace` seconds to finish, what is left is cancelled and handed back (`returned`).
+
+Readiness means "connected to a gateway and able to work": the health service's overall status
+is SERVING only between the gateway's `welcome` and the end of that stream (NOT_SERVING while
+reconnecting); the `liveness` service is SERVING while the process runs. A key the gateway
+refuses (UNAUTHENTICATED or PERMISSION_DENIED) `AUTH_REFUSALS_BEFORE_EXIT` times in a row
+without a welcome in between is permanent: the worker stops with one line (`GatewayRefused`,
+exit 2) instead of retrying forever while looking alive.
+
+Transport: TLS or mutual TLS to the gateway when `tls` is given (`imagemesh.tls.ChannelTls`),
+its files read again on every reconnect; the health port is plaintext (kubelet's probes).
 """
 
 from __future__ import annotations
@@ -21,21 +31,33 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 
 from imagemesh.errors import Internal, TaskFailure
 from imagemesh import metrics
 from imagemesh.podcost import PodDeletionCost
-from imagemesh.process import announce, stop_signal
+from imagemesh.health import HealthServer
+from imagemesh.process import FatalError, stop_signal
+from imagemesh.tls import ChannelTls, TlsConfigError, channel, describe_channel
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
 from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
 
 log = logging.getLogger("imagemesh.worker")
+
+AUTH_REFUSALS_BEFORE_EXIT = 3
+# Room left in a frame for what wraps a result on its way to the client (a BatchEvent's batch id
+# and cursor, the worker frame's heartbeat): results are capped at max_message_bytes minus this.
+FRAME_MARGIN = 16 * 1024
+PERMANENT = {grpc.StatusCode.UNAUTHENTICATED: "does not know this worker's key (IMAGEMESH_API_KEY)",
+             grpc.StatusCode.PERMISSION_DENIED: "refuses this worker's key: its role is not `worker` (IMAGEMESH_API_KEY)"}
+
+
+class GatewayRefused(FatalError):
+    """The gateway refused this worker's key several times in a row: retrying can't help."""
 
 
 class Executor(Protocol):
@@ -53,52 +75,42 @@ def failed(assignment: wpb.Assignment, failure: TaskFailure, **extra) -> wpb.Att
         fallback_ok=failure.fallback_ok, **extra)
 
 
-class HealthServer:
-    """The standard gRPC health service on its own port (Kubernetes' native gRPC probes).
-    Port -1: no server (every call is a no-op)."""
-
-    def __init__(self, port: int) -> None:
-        self.servicer = health_aio.HealthServicer()
-        self.server = grpc.aio.server() if port >= 0 else None
-        self.port = -1
-        if self.server is not None:
-            health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
-            self.port = self.server.add_insecure_port(f"0.0.0.0:{port}")
-
-    async def start(self) -> None:
-        """Start NOT_SERVING, and say the port on stdout."""
-        if self.server is None:
-            return
-        await self.server.start()
-        await self.set(False)
-        announce("HEALTH_PORT", self.port)
-
-    async def set(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.servicer.set("", status)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop(0)
+def dial_tls(s) -> ChannelTls | None:
+    """The worker's TLS from its settings (`imagemesh.config.WorkerRuntimeSettings`): None for
+    plaintext; FatalError naming the setting when the files can't be used."""
+    try:
+        return ChannelTls.from_settings(s.tls_ca, s.tls_cert, s.tls_key, s.tls_server_name)
+    except TlsConfigError as exc:
+        raise FatalError(str(exc)) from None
 
 
 async def serve(runtime: "WorkerRuntime", health: HealthServer, drain_seconds: float) -> None:
-    """SERVING, run until SIGTERM/SIGINT, then NOT_SERVING and drain within `drain_seconds`."""
-    await health.set(True)
+    """Live, and ready whenever connected; run until SIGTERM/SIGINT, then NOT_SERVING and drain
+    within `drain_seconds`. Raises GatewayRefused (after stopping the health server) when the
+    gateway keeps refusing the key."""
+    await health.set_live(True)
+    runtime.on_ready = health.set
     stop = asyncio.Event()
     run = asyncio.create_task(runtime.run(stop, drain_seconds))
-    await stop_signal()
-    await health.set(False)
-    stop.set()
-    await run
-    await health.stop()
+    signalled = asyncio.create_task(stop_signal())
+    try:
+        await asyncio.wait({run, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if signalled.done():
+            await health.set(False)
+            stop.set()
+        await run
+    finally:
+        signalled.cancel()
+        with contextlib.suppress(BaseException):
+            await signalled
+        await health.stop()
 
 
 class WorkerRuntime:
     def __init__(self, *, gateway: str, pool: str, capacity: int, executor: Executor,
                  worker_id: str, api_key: str, device: str = "", providers: tuple[str, ...] = (),
-                 heartbeat: float = 2.0, max_message_bytes: int = 64 * 1024 * 1024,
-                 deletion_cost: PodDeletionCost | None = None) -> None:
+                 heartbeat: float = 2.0, max_message_bytes: int = 16 * 1024 * 1024,
+                 deletion_cost: PodDeletionCost | None = None, tls: ChannelTls | None = None) -> None:
         self.gateway = gateway
         self.pool = pool
         self.capacity = capacity
@@ -110,6 +122,9 @@ class WorkerRuntime:
         self.heartbeat = heartbeat
         self.max_message_bytes = max_message_bytes
         self.deletion_cost = deletion_cost
+        self.tls = tls
+        # Called with True on the gateway's welcome, False when that stream ends (readiness).
+        self.on_ready: Callable[[bool], Awaitable[None]] | None = None
         self.running: dict[str, asyncio.Task] = {}
         self.connected = asyncio.Event()
         self.draining = False
@@ -119,12 +134,16 @@ class WorkerRuntime:
         self._sending = False
         self._goaway = asyncio.Event()
         self._idle = asyncio.Event()
+        self._welcomed = False
         metrics.WORKER_CAPACITY.labels(pool).set(capacity)
 
     # -- one connection -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, grace: float) -> None:
-        """Serve until `stop` is set, then drain within `grace` seconds."""
+        """Serve until `stop` is set, then drain within `grace` seconds. Raises GatewayRefused
+        after AUTH_REFUSALS_BEFORE_EXIT refusals of the key in a row."""
+        log.info("gRPC transport to %s: %s", self.gateway, describe_channel(self.tls))
         backoff = 0.1
+        refusals = 0
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -133,11 +152,18 @@ class WorkerRuntime:
                 raise
             except grpc.aio.AioRpcError as exc:
                 log.warning("gateway stream ended: %s %s", exc.code().name, exc.details())
+                refusals = refusals + 1 if exc.code() in PERMANENT and not self._welcomed else 0
+                if refusals >= AUTH_REFUSALS_BEFORE_EXIT:
+                    raise GatewayRefused(f"the gateway {self.gateway} {PERMANENT[exc.code()]}: "
+                                         f"{exc.code().name} {refusals} times in a row; stopping") from None
+            except TlsConfigError as exc:  # files replaced mid-rotation: the next try reads them again
+                log.warning("TLS files unusable, retrying: %s", exc)
             except Exception:
                 log.exception("worker session failed")
             finally:
                 self.connected.clear()
                 metrics.WORKER_CONNECTED.labels(self.pool).set(0)
+                await self._ready(False)
                 await self._cancel_all()
             if stop.is_set():
                 break
@@ -148,12 +174,17 @@ class WorkerRuntime:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
+    async def _ready(self, ready: bool) -> None:
+        if self.on_ready is not None:
+            await self.on_ready(ready)
+
     async def _session(self, stop: asyncio.Event, grace: float) -> None:
+        self._welcomed = False
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
                    ("grpc.max_send_message_length", self.max_message_bytes),
                    ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
-        async with grpc.aio.insecure_channel(self.gateway, options=options) as channel:
-            stub = wpb_grpc.WorkerLinkStub(channel)
+        async with channel(self.gateway, self.tls, options) as link:
+            stub = wpb_grpc.WorkerLinkStub(link)
             call = stub.Connect(metadata=(("authorization", f"Bearer {self.api_key}"),))
             await call.write(wpb.WorkerMessage(
                 hello=wpb.WorkerHello(worker_id=self.worker_id, pool=self.pool, capacity=self.capacity,
@@ -162,8 +193,11 @@ class WorkerRuntime:
             welcome = await call.read()
             if welcome is grpc.aio.EOF:
                 raise ConnectionError("the gateway closed the stream before welcoming us")
+            self._welcomed = True
             self.connected.set()
             metrics.WORKER_CONNECTED.labels(self.pool).set(1)
+            if not stop.is_set():
+                await self._ready(True)
             log.info("connected to gateway %s (%s)", welcome.welcome.gateway_id, self.gateway)
             self._goaway.clear()
             self._idle.clear()
@@ -210,7 +244,8 @@ class WorkerRuntime:
                     self._idle.set()
 
     async def _write(self, call) -> None:
-        """Send what is ready as one frame; heartbeat when there is nothing to say."""
+        """Send what is ready, in as few frames as fit `max_message_bytes`; heartbeat when
+        there is nothing to say."""
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox.wait(), self.heartbeat)
@@ -218,18 +253,45 @@ class WorkerRuntime:
             results, self._results = self._results, []
             returned, self._returned = self._returned, []
             stopping = self.draining or self._goaway.is_set()
-            msg = wpb.WorkerMessage(results=results, returned=returned,
-                                    credits=0 if stopping else len(results),
-                                    draining=stopping,
-                                    heartbeat=wpb.Heartbeat(in_flight=len(self.running),
-                                                            sent_unix_ms=int(time.time() * 1000)))
             self._sending = True
             try:
-                await call.write(msg)
+                for i, chunk in enumerate(self._frames(results)):
+                    await call.write(wpb.WorkerMessage(
+                        results=chunk, returned=returned if i == 0 else (),
+                        credits=0 if stopping else len(chunk), draining=stopping,
+                        heartbeat=wpb.Heartbeat(in_flight=len(self.running), sent_unix_ms=int(time.time() * 1000))))
             finally:
                 self._sending = False
             if self.deletion_cost is not None:
                 await self.deletion_cost.update(len(self.running))
+
+    def _frames(self, results: list[wpb.AttemptResult]) -> list[list[wpb.AttemptResult]]:
+        """Results grouped into frames the gateway accepts (`max_message_bytes`, less a margin
+        for the event that carries a result on to the client). A result that can't fit any
+        frame (large inline outputs) fails alone, so it never breaks the stream and with it
+        every other attempt on it (the gateway would refuse the frame: RESOURCE_EXHAUSTED)."""
+        limit = self.max_message_bytes - FRAME_MARGIN
+        frames: list[list[wpb.AttemptResult]] = [[]]
+        size = 0
+        for r in results:
+            n = r.ByteSize()
+            if n > limit:
+                log.warning("attempt %s: its result is %d bytes, more than a frame carries (%d); failing it",
+                            r.attempt_id, n, limit)
+                r = wpb.AttemptResult(
+                    attempt_id=r.attempt_id, task_id=r.task_id, attempt=r.attempt, fence=r.fence, state=pb.FAILED,
+                    provider=r.provider, run_ms=r.run_ms, error=pb.TaskError(
+                        code="INVALID_INPUT", retryable=False,
+                        message=f"the result is {n} bytes, more than one gRPC message may carry ({limit}, "
+                                "IMAGEMESH_MAX_MESSAGE_BYTES): ask for URLs rather than inline outputs, or "
+                                "fewer or smaller outputs"))
+                n = r.ByteSize()
+            if frames[-1] and size + n > limit:
+                frames.append([])
+                size = 0
+            frames[-1].append(r)
+            size += n
+        return frames
 
     # -- attempts ---------------------------------------------------------------------------
     def _start(self, a: wpb.Assignment) -> None:

@@ -119,7 +119,7 @@ class Mesh:
 
     def start_gateway(self, **extra: str) -> Proc:
         p = Proc(f"gateway{len(self.gateways)}", ["gateway"],
-                 self.env(IMAGEMESH_LISTEN="127.0.0.1:0", **extra), self.log_dir)
+                 self.env(**{"IMAGEMESH_LISTEN": "127.0.0.1:0", **extra}), self.log_dir)
         p.announced("GATEWAY")
         self.procs.append(p)
         self.gateways.append(p)

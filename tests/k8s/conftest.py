@@ -24,10 +24,11 @@ KUSTOMIZATIONS = {
     "dev": K8S / "overlays" / "dev",
     "prod": K8S / "overlays" / "prod",
     "keda": K8S / "overlays" / "keda",
+    "tls": K8S / "overlays" / "tls",
     "prometheus-adapter": K8S / "prometheus-adapter",
     "cluster": K8S / "cluster",
 }
-OVERLAYS = ("dev", "prod", "keda")
+OVERLAYS = ("dev", "prod", "keda", "tls")
 
 # Kinds that are CustomResourceDefinitions' (kubernetes-validate has no schema for them): each
 # is validated against the CRD schema excerpt in schemas/.
@@ -35,6 +36,8 @@ CRD_SCHEMAS = {
     "ServiceMonitor": "servicemonitor.yaml",
     "PrometheusRule": "prometheusrule.yaml",
     "ScaledObject": "scaledobject.yaml",
+    "Certificate": "certificate.yaml",
+    "Issuer": "issuer.yaml",
 }
 
 

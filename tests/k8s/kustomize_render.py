@@ -8,7 +8,8 @@ This renderer covers exactly what our kustomizations use and refuses anything el
 - `configMapGenerator` / `secretGenerator` with `files` and `literals`, only with the name hash
   disabled (a hashed name would need kustomize's reference rewriting);
 - `patches` with a `path` to strategic-merge patches: maps merge, `null` deletes a key, the
-  Kubernetes merge keys below merge lists by key, `$patch: delete` removes a list item or a
+  Kubernetes merge keys below (and `ports`: a container's by `containerPort`, a Service's by
+  `port`) merge lists by key, `$patch: delete` removes a list item or a
   whole resource;
 - `namespace` (namespaced kinds and ServiceAccount subjects of role bindings) and `images`.
 
@@ -138,8 +139,8 @@ def strategic_merge(base: Any, patch: Any, field: str = "") -> Any:
             else:
                 out[key] = copy.deepcopy(value)
         return out
-    if isinstance(base, list) and isinstance(patch, list) and field in MERGE_KEYS:
-        key = MERGE_KEYS[field]
+    key = _merge_key(field, base)
+    if isinstance(base, list) and isinstance(patch, list) and key is not None:
         # kustomize (kyaml) lists the patch's items first, in the patch's order, merged into
         # their base item if there is one; then the base items the patch does not mention.
         rest, first = copy.deepcopy(base), []
@@ -151,6 +152,14 @@ def strategic_merge(base: Any, patch: Any, field: str = "") -> Any:
             first.append(copy.deepcopy(item) if old is None else strategic_merge(old, item))
         return first + rest
     return copy.deepcopy(patch)
+
+
+def _merge_key(field: str, base: Any) -> str | None:
+    """The strategic-merge key of a list, or None (the patch replaces the list). `ports` are a
+    container's (`containerPort`) or a Service's (`port`)."""
+    if field == "ports" and isinstance(base, list):
+        return "containerPort" if any("containerPort" in p for p in base) else "port"
+    return MERGE_KEYS.get(field)
 
 
 def _set_namespace(res: Resource, namespace: str) -> None:

@@ -61,7 +61,7 @@ def custom_resources(rendered) -> list[tuple[str, dict]]:
     found = [(str(p.relative_to(K8S)), d) for p in manifest_files() for d in load_documents(p)]
     found += [(f"rendered {name}", d) for name, docs in rendered.items() for d in docs]
     return [(label, d) for label, d in found if d["apiVersion"].split("/")[0].endswith(
-        (".coreos.com", ".sh")) or d["kind"] in CRD_SCHEMAS]
+        (".coreos.com", ".sh", "cert-manager.io")) or d["kind"] in CRD_SCHEMAS]
 
 
 def test_custom_resources_match_their_crd_schema(rendered):
@@ -87,12 +87,17 @@ def test_keda_scaledobjects_match_the_crd_schema():
     ("ScaledObject", ("spec", "triggers", 0, "metadata", "threshold"), 16),  # must be a string
     ("ServiceMonitor", ("spec", "endpoints", 0, "intervall"), "15s"),
     ("PrometheusRule", ("spec", "groups", 0, "rules", 0, "for"), "ten minutes"),
+    ("Certificate", ("spec", "privateKey", "algorithm"), "EC"),         # it is ECDSA
+    ("Certificate", ("spec", "issuerRef", "nmae"), "imagemesh-ca"),
+    ("Issuer", ("spec", "vault"), {"server": "https://vault"}),         # a second issuer type
 ])
 def test_crd_schemas_reject_typical_mistakes(kind, path, bad_value):
     """The schema excerpts are strict enough to catch a misspelt field or a wrong type."""
     source = {"ScaledObject": K8S / "overlays" / "keda" / "scaledobjects.yaml",
               "ServiceMonitor": K8S / "base" / "monitoring.yaml",
-              "PrometheusRule": K8S / "base" / "alerts.yaml"}[kind]
+              "PrometheusRule": K8S / "base" / "alerts.yaml",
+              "Certificate": K8S / "overlays" / "tls" / "certificates.yaml",
+              "Issuer": K8S / "overlays" / "tls" / "certificates.yaml"}[kind]
     doc = next(d for d in load_documents(source) if d["kind"] == kind)
     crd_validator(kind).validate(doc)
     target = doc

@@ -86,12 +86,37 @@ def test_generation_workers_drain_as_long_as_the_longest_provider_job(overlay, r
 
 @pytest.mark.parametrize("overlay", ("base", *OVERLAYS))
 def test_probes_are_native_grpc_on_the_port_the_process_serves_health_on(overlay, rendered):
+    """Every process (the gateway too: its API port may speak TLS, which probes can't) serves
+    health in plaintext on IMAGEMESH_HEALTH_PORT, bound to every interface so the kubelet
+    reaches it. Readiness asks for the overall status (able to work: connected to a gateway,
+    Redis answering); startup and liveness for `liveness` (the process runs), so an outage of
+    the gateway or Redis never restarts pods."""
     for dep, c in imagemesh_containers(rendered[overlay]):
-        served = (env_value(c, "IMAGEMESH_LISTEN") or "").rpartition(":")[2] or env_value(c, "IMAGEMESH_HEALTH_PORT")
+        served = env_value(c, "IMAGEMESH_HEALTH_PORT")
+        assert env_value(c, "IMAGEMESH_HEALTH_HOST") == "0.0.0.0", dep["metadata"]["name"]
         declared = {p["containerPort"] for p in c["ports"]}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             port = c[probe]["grpc"]["port"]
             assert isinstance(port, int) and str(port) == served and port in declared, (dep["metadata"]["name"], probe)
+            wanted = "" if probe == "readinessProbe" else "liveness"
+            assert c[probe]["grpc"].get("service", "") == wanted, (dep["metadata"]["name"], probe)
+
+
+@pytest.mark.parametrize("overlay", ("base", *OVERLAYS))
+def test_each_process_has_its_own_ports_and_metrics_are_scraped_where_served(overlay, rendered):
+    """No two processes share a health or metrics port, none uses Prometheus's 9090, metrics
+    bind every interface, and the metrics Service's named target port exists on every pod."""
+    seen: dict[int, str] = {}
+    for dep, c in imagemesh_containers(rendered[overlay]):
+        name = dep["metadata"]["name"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert str(ports["metrics"]) == env_value(c, "IMAGEMESH_METRICS_PORT"), name
+        assert env_value(c, "IMAGEMESH_METRICS_HOST") == "0.0.0.0", name
+        for kind in ("metrics", "health"):
+            assert ports[kind] != 9090 and ports[kind] not in seen, (name, kind, seen)
+            seen[ports[kind]] = f"{name} {kind}"
+    metrics_svc = by_kind(rendered[overlay], "Service")["imagemesh-metrics"]
+    assert [p["targetPort"] for p in metrics_svc["spec"]["ports"]] == ["metrics"]
 
 
 @pytest.mark.parametrize("overlay", ("base", *OVERLAYS))
