@@ -1,27 +1,94 @@
-"""What every ImageMesh process does the same way: logging, /metrics, and SIGTERM handling."""
+"""What every ImageMesh process does the same way: logging, tracing, /metrics, SIGTERM handling,
+and ending on a bad setting with one line and exit status 2.
+
+    def main(argv=None):
+        settings = load(GatewaySettings, argv, prog=PROG)   # a bad value: one line, exit 2
+        run(PROG, "gateway", settings, amain)               # a SettingError at start: the same
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
+import socket
 import sys
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
 
-from imagemesh import metrics
+from imagemesh import logs, metrics, tracing
+from imagemesh.config import CommonSettings, SettingError, fail
+
+S = TypeVar("S", bound=CommonSettings)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, fmt: str = "text") -> None:
+    logs.configure(level, fmt)
 
 
-def serve_metrics(port: int) -> int | None:
-    """Start /metrics unless port is -1; returns the bound port (announced on stdout)."""
+def serve_metrics(port: int, role: str | None = None, host: str = "0.0.0.0") -> int | None:
+    """Start /metrics unless port is -1; returns the bound port (announced on stdout). `role`:
+    the process kind whose metric families it exports (see imagemesh.metrics.ROLES).
+    Raises SettingError naming --metrics-port when the port cannot be bound."""
     if port < 0:
         return None
-    bound = metrics.serve(port)
+    try:
+        bound = metrics.serve(port, host, role=role)
+    except OSError as exc:
+        raise SettingError("metrics_port", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     announce("METRICS_PORT", bound)
     return bound
+
+
+def check_bindable(name: str, host: str, port: int) -> None:
+    """Raise SettingError naming `name` unless `host`:`port` can be bound now: in use (by
+    anything, another gateway included: without SO_REUSEPORT our probe can't share a port),
+    or `host` not an address of this machine. Checked before gRPC binds, which would print
+    its own multi-line error; port 0 (a free one) always can."""
+    if port == 0:
+        return
+    bare = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise SettingError(name, f"cannot listen on {host}:{port}: {host!r} is not a known host") from None
+    for family, kind, proto, _name, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is no conflict
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                raise SettingError(name, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def start_health(port: int):
+    """The worker's gRPC health server, started NOT_SERVING. Raises SettingError naming
+    --health-port when the port cannot be bound."""
+    from imagemesh.worker import HealthServer  # imagemesh.worker imports this module
+
+    if port >= 0:
+        check_bindable("health_port", "0.0.0.0", port)
+    try:
+        health = HealthServer(port)
+    except RuntimeError:
+        raise SettingError("health_port", f"cannot listen on port {port}: it is in use") from None
+    await health.start()
+    return health
+
+
+def run(prog: str, role: str, settings: S, amain: Callable[[S], Awaitable[int]]) -> NoReturn:
+    """Configure logging, tracing and /metrics from `settings`, run `amain(settings)`, exit with
+    its status. A SettingError on the way (a port in use, Redis unreachable) ends the process
+    with one line on stderr naming the setting, and exit status 2."""
+    try:
+        configure_logging(settings.log_level, settings.log_format)
+        tracing.configure(settings.tracing, f"imagemesh-{role}")
+        serve_metrics(settings.metrics_port, role, getattr(settings, "metrics_host", "0.0.0.0"))
+        code = asyncio.run(amain(settings))
+    except SettingError as exc:
+        fail(prog, str(exc))
+    finally:
+        tracing.shutdown()
+    sys.exit(code)
 
 
 def announce(name: str, value: object) -> None:
