@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from imagemesh import metrics
+from imagemesh import metrics, tracing
 from imagemesh.credentials import Sealer
 from imagemesh.errors import RateLimited, TaskFailure, WorkerLost
 from imagemesh.v1 import imagemesh_pb2 as pb
@@ -340,7 +340,9 @@ class Dispatcher:
         msg = wpb.Assignment(
             attempt_id=a.attempt_id, task_id=task_id(a.entry.batch_id, a.entry.index),
             attempt=a.entry.attempt, fence=getattr(a.lease, "fence", 0), budget_ms=int(budget * 1000),
-            output_filename=a.task.output_filename, provider=a.provider, token=token or "")
+            output_filename=a.task.output_filename, provider=a.provider, token=token or "",
+            trace_context=tracing.dispatched(a.entry.trace, since=a.read_at, attempt=a.entry.attempt,
+                                             provider=a.provider or None))
         if a.entry.stage == "enhance":
             msg.enhance.CopyFrom(a.task.then_enhance)
             msg.inputs.extend(pb.TaskResult.FromString(a.entry.carry).files)
@@ -509,6 +511,8 @@ class Dispatcher:
                 fields.update(g=stage, c=carry)
             if a.entry.dedup:
                 fields["d"] = a.entry.dedup
+            if a.entry.trace:
+                fields["tr"] = a.entry.trace
             pushes.append((queue, fields))
             self.note_queue(queue)
         await self.queues.push(pushes)
@@ -582,6 +586,8 @@ class Dispatcher:
                       "t": a.entry.accepted_ms, "s": a.entry.task}
             if a.entry.dedup:
                 fields["d"] = a.entry.dedup
+            if a.entry.trace:
+                fields["tr"] = a.entry.trace
             await self.queues.push([(queue, fields)])
             self.note_queue(queue)
             metrics.ATTEMPTS_REQUEUED.labels(a.pool, "hedge").inc()

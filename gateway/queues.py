@@ -4,7 +4,8 @@
                                       index), t (accepted ms), s (the Task, serialized), and for
                                       a generate task's then_enhance stage: g ("enhance") and
                                       c (the generate result it carries, serialized); d (the
-                                      deduplication identity, when other tasks follow this one)
+                                      deduplication identity, when other tasks follow this one);
+                                      tr (W3C trace context as JSON, when tracing is on)
     im:queues                set      every queue that ever had work, for gateways to discover
     im:work                  channel  a pool name, published when work was added to it
 
@@ -45,6 +46,8 @@ class Entry:
     carry: bytes = b""
     # Deduplication identity (gateway.dedup), when the task has followers to serve.
     dedup: str = ""
+    # Trace context (imagemesh.tracing.entry_field), when tracing is on.
+    trace: str = ""
 
     @property
     def enqueued_ms(self) -> int:
@@ -135,7 +138,8 @@ class TaskQueues:
         return Entry(queue=key, entry_id=entry_id.decode(), batch_id=f[b"b"].decode(),
                      index=int(f[b"i"]), attempt=int(f[b"a"]), provider_index=int(f[b"p"]),
                      accepted_ms=int(f[b"t"]), task=f[b"s"], stage=f.get(b"g", b"").decode(),
-                     carry=f.get(b"c", b""), dedup=f.get(b"d", b"").decode())
+                     carry=f.get(b"c", b""), dedup=f.get(b"d", b"").decode(),
+                     trace=f.get(b"tr", b"").decode())
 
     async def ack(self, entries: list[Entry]) -> None:
         """Done with these entries: remove them (the task record keeps the history)."""

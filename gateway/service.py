@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
-from imagemesh import filenames, metrics
+from imagemesh import filenames, metrics, tracing
 from imagemesh.auth import Caller
 from imagemesh.credentials import Sealer
 from imagemesh.errors import TaskFailure
@@ -107,8 +107,11 @@ class BatchService:
 
     def _entry(self, batch_id: str, p: Prepared, accepted_ms: int) -> tuple[QueueName, dict]:
         assert p.queue is not None
-        return p.queue, {"b": batch_id, "i": p.index, "a": 1, "p": p.provider_index,
-                         "t": accepted_ms, "s": p.task.SerializeToString()}
+        fields = {"b": batch_id, "i": p.index, "a": 1, "p": p.provider_index,
+                  "t": accepted_ms, "s": p.task.SerializeToString()}
+        if trace := tracing.entry_field():
+            fields["tr"] = trace  # the SubmitBatch span: the task's trace goes on from there
+        return p.queue, fields
 
     def _failed_result(self, batch_id: str, p: Prepared) -> tuple[str, int, str, pb.TaskResult]:
         assert p.failure is not None

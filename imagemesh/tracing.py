@@ -26,6 +26,8 @@ spans in the background (the SDK logs it) and never slows or fails a task.
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -160,3 +162,33 @@ def current(span_: Any) -> Iterator[None]:
         return
     with trace.use_span(span_, end_on_exit=False):
         yield
+
+
+# --- the gateway hop: SubmitBatch → queue entry → Assignment ----------------------------------------
+
+def entry_field() -> str:
+    """The current trace context as a queue entry's `tr` field (compact JSON), or "" (then the
+    entry gets no field at all)."""
+    carrier = inject()
+    return json.dumps(carrier, separators=(",", ":")) if carrier else ""
+
+
+def dispatched(field: str | bytes, *, since: float, **attrs: Any) -> dict[str, str]:
+    """Record the gateway's dispatch of one attempt — a span from `since` (`time.monotonic()`
+    when its queue entry was read: the lease wait is in it) to now, child of the entry's `tr`
+    field — and return the carrier for `Assignment.trace_context`. {} when tracing is off or
+    the entry carries no trace."""
+    if not field or _active() is None:
+        return {}
+    try:
+        parent = json.loads(field)
+    except ValueError:
+        return {}
+    started = time.time_ns() - int(max(0.0, time.monotonic() - since) * 1e9)
+    s = _active().start_span("imagemesh.gateway.dispatch", context=extract(parent), start_time=started,
+                             kind=trace.SpanKind.PRODUCER,
+                             attributes={k: v for k, v in attrs.items() if v is not None})
+    try:
+        return inject(s)
+    finally:
+        s.end()
