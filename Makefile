@@ -11,7 +11,7 @@ WEIGHTS ?= weights
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[enhance,test,bench]'
+	$(BIN)/pip install --quiet -e '.[enhance,test,bench,tracing]'
 	touch $@
 
 # redis-server runs the demo and the tests; promtool checks the metrics and alert rules.

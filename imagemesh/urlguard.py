@@ -50,6 +50,13 @@ def _networks(allow_private: AllowPrivate) -> list[ipaddress.IPv4Network | ipadd
     return [ipaddress.ip_network(net, strict=False) for net in allow_private]
 
 
+# IPv4 ranges refused whatever `ipaddress` thinks (its idea of "global" differs between Python
+# releases): RFC 6890's special-purpose blocks that are not globally reachable, and multicast.
+_REFUSED_V4 = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+))
 # IPv6 forms that carry an IPv4 address: judged by the address they carry.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # IPv6 ranges refused whatever they carry (deprecated, local, or tunnels to who knows where).
@@ -80,6 +87,8 @@ def is_public(address: Address) -> bool:
             return is_public(embedded)
         if any(address in net for net in _REFUSED_V6):
             return False
+    elif any(address in net for net in _REFUSED_V4):
+        return False
     return address.is_global and not (address.is_multicast or address.is_loopback or address.is_link_local
                                       or address.is_private or address.is_reserved or address.is_unspecified)
 
