@@ -28,8 +28,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, TypeVar
 
 from imagemesh.config import SettingError
 
@@ -40,6 +40,7 @@ except ImportError:  # the `tracing` extra is not installed
     propagate = trace = None  # type: ignore[assignment]
     Context = Any  # type: ignore[misc,assignment]
 
+T = TypeVar("T")
 _OFF = contextlib.nullcontext()
 _tracer: Any = None           # set by configure(); None: ambient (the global provider) or absent
 _off = False                  # configure("off") was called
@@ -82,11 +83,13 @@ def configure(mode: str, service: str, *, exporter: Any = None) -> None:
 
 
 def shutdown() -> None:
-    """Flush and stop this process's exporter (bounded by the SDK's own timeouts)."""
-    global _provider, _tracer
+    """Flush and stop this process's exporter (bounded by the SDK's own timeouts); back to the
+    state of a process that never called `configure`."""
+    global _provider, _tracer, _off
     if _provider is not None:
         _provider.shutdown()
     _provider = _tracer = None
+    _off = False
 
 
 def _active() -> Any:
@@ -192,3 +195,21 @@ def dispatched(field: str | bytes, *, since: float, **attrs: Any) -> dict[str, s
         return inject(s)
     finally:
         s.end()
+
+
+def ended_after(span_: Any, events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`events`, with `span_` ended when they end (or fail, or are abandoned)."""
+    if span_ is None:
+        return events
+
+    async def follow() -> AsyncIterator[T]:
+        error: BaseException | None = None
+        try:
+            async for event in events:
+                yield event
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            end(span_, error)
+    return follow()
