@@ -10,8 +10,6 @@ import subprocess
 import sys
 import textwrap
 
-from imagemesh.logs import JsonFormatter, RedactingFilter, TextFormatter, log_context
-from imagemesh.redaction import redact
 from tests.conftest import ROOT, python_env
 
 SIGNED = "X-Amz-Signature=5e3f0c0ffee0ddba11deadbeef0123456789abcdef&X-Amz-Credential=AKIAEXAMPLE"
@@ -74,12 +72,16 @@ def test_a_secret_logged_by_mistake_is_redacted_in_text_and_json():
 
 
 def test_ordinary_ids_survive_redaction():
+    from imagemesh.redaction import redact
+
     text = ("attempt b0123456789abcdef-3#2 of key replicate:0123456789abcdef on gen-worker-7 "
             "(gateway gw-host-42-a1b2c3), 512x512 png")
     assert redact(text) == text
 
 
 def _record_lines(fmt: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
+    from imagemesh.logs import RedactingFilter
+
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(RedactingFilter())
@@ -92,6 +94,8 @@ def _record_lines(fmt: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
 
 
 async def test_context_ids_follow_each_task_and_do_not_mix():
+    from imagemesh.logs import JsonFormatter, log_context
+
     logger, stream = _record_lines(JsonFormatter())
 
     async def attempt(task: str, n: int) -> None:
@@ -114,6 +118,8 @@ async def test_context_ids_follow_each_task_and_do_not_mix():
 
 
 def test_text_lines_end_with_the_ids():
+    from imagemesh.logs import TextFormatter, log_context
+
     logger, stream = _record_lines(TextFormatter())
     with log_context(batch_id="b9", task_id="b9-0"):
         logger.info("hello")
