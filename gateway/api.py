@@ -14,9 +14,8 @@ import logging
 import grpc
 from redis.exceptions import RedisError
 
-from imagemesh import metrics, tracing
+from imagemesh import logs, metrics, tracing
 from imagemesh.auth import ApiKeys, Caller
-from imagemesh import logs
 from imagemesh.logs import log_context
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
