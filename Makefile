@@ -14,8 +14,8 @@ BUF := .cache/buf/node_modules/.bin/buf
 # definition changes): `run` the demo's (server + OpenCV), `test` adds the enhance models and the
 # test tools, `bench` the benchmark's.
 RUN_EXTRAS   := demo
-TEST_EXTRAS  := demo,enhance,test
-BENCH_EXTRAS := demo,enhance,test,bench
+TEST_EXTRAS  := demo,enhance,test,tracing
+BENCH_EXTRAS := demo,enhance,test,tracing,bench
 
 .PHONY: run serve test bench weights install system-deps buf proto proto-baseline wheel image image-cpu image-enhance clean
 

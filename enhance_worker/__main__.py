@@ -7,35 +7,31 @@ returned; the worker dials the gateway only then, so it is never given work it c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
-import sys
 
-from imagemesh.config import load
-from imagemesh.process import configure_logging, exit_on_fatal_error, serve_metrics
+from imagemesh.config import SettingError, load
 from imagemesh.podcost import PodDeletionCost
-from imagemesh.health import HealthServer
+from imagemesh.process import run, start_health
 from imagemesh.worker import WorkerRuntime, dial_tls, serve
 
 from .engine import EnhanceEngine
 from .settings import EnhanceSettings
 from .weights import MissingWeights
 
+PROG = "imagemesh-enhance-worker"
 log = logging.getLogger("imagemesh.enhance")
 
 
 async def amain(s: EnhanceSettings) -> int:
     tls = dial_tls(s)  # FatalError now, not after the models have loaded
-    health = HealthServer(s.health_port, s.health_host)
-    await health.start()  # NOT_SERVING until the models are loaded
+    health = await start_health(s.health_port, s.health_host)  # NOT_SERVING until the models are loaded
     try:
         engine = await EnhanceEngine.create(s)
     except MissingWeights as exc:
-        log.error("%s", exc)
         await health.stop()
-        return 2
+        raise SettingError("weights_dir", str(exc)) from None
     log.info("enhance engine ready: %s on %s", engine.model_name, engine.device)
     runtime = WorkerRuntime(gateway=s.gateway, pool="enhance", capacity=s.capacity, executor=engine,
                             worker_id=s.worker_id or f"enhance-{socket.gethostname()}-{os.getpid()}",
@@ -48,12 +44,7 @@ async def amain(s: EnhanceSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = load(EnhanceSettings, argv, prog="imagemesh-enhance-worker")
-    configure_logging(settings.log_level)
-    with exit_on_fatal_error("imagemesh-enhance-worker"):
-        serve_metrics(settings.metrics_port, settings.metrics_host)
-        code = asyncio.run(amain(settings))
-    sys.exit(code)
+    run(PROG, "enhance-worker", load(EnhanceSettings, argv, prog=PROG), amain)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@
 returns BGR uint8 pixels with the EXIF orientation applied; alpha is dropped (the models take
 three channels) and 16-bit or palette images are converted. `encode` writes png, jpg or webp.
 
-Errors: `InvalidInput` for anything that is not a decodable image (naming what was wrong, never
-echoing the bytes) and for images over the limits (naming the limit).
+Only the documented input formats are decoded: PNG, JPEG and WebP (`INPUT_FORMATS`). Pillow can
+open dozens more (SGI, TGA, PPM, PSD, ...), each a parser an attacker may aim at; an image in any
+of them fails INVALID_INPUT naming its format, before a pixel of it is decoded.
+
+Errors: `InvalidInput` for anything that is not a decodable image in those formats (naming what
+was wrong, never echoing the bytes) and for images over the limits (naming the limit).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from imagemesh.errors import InvalidInput
 
 FORMATS = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
+# Pillow's names of the formats we decode (the only ones its plugins are asked to read).
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 
 # The size limits are ours (checked in check_size); Pillow's own bomb guard would warn or raise
 # at a different limit with a less clear message.
@@ -43,11 +49,10 @@ def probe(data: bytes) -> Probe:
     if not data:
         raise InvalidInput("the image is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as im:
             return Probe(im.width, im.height, (im.format or "unknown").lower())
     except UnidentifiedImageError:
-        raise InvalidInput(f"the input ({len(data)} bytes) is not an image in a format we can read "
-                           "(png, jpeg, webp, gif, bmp, tiff)") from None
+        raise InvalidInput(f"the input ({len(data)} bytes) {_other_format(data)}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidInput(f"the image header is corrupt: {exc}") from None
 
@@ -68,12 +73,37 @@ def decode(data: bytes) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as im:
                 im = ImageOps.exif_transpose(im)
                 rgb = np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise InvalidInput(f"the input {_other_format(data)}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidInput(f"the image data is corrupt or truncated: {exc}") from None
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+# Signatures of formats people send by mistake, to name them in the error (read from the first
+# bytes ourselves: no parser of a format we refuse ever sees the data).
+_SIGNATURES = ((b"\x01\xda", "SGI"), (b"BM", "BMP"), (b"GIF8", "GIF"), (b"II*\x00", "TIFF"),
+               (b"MM\x00*", "TIFF"), (b"8BPS", "PSD"), (b"\x00\x00\x01\x00", "ICO"),
+               (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"qoif", "QOI"),
+               (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+               (b"SIMPLE  =", "FITS"), (b"#?RADIANCE", "HDR"), (b"DDS ", "DDS"))
+
+
+def _other_format(data: bytes) -> str:
+    """Why the bytes are refused, for the error message: 'is an SGI image: only png, jpeg and
+    webp are read', or 'is not a png, jpeg or webp image'."""
+    name = next((n for magic, n in _SIGNATURES if data.startswith(magic)), None)
+    if name is None and data[:1] == b"P" and data[1:2] in b"1234567" and data[1:2]:
+        name = "PPM/PGM/PBM"
+    if name is None and data[4:8] == b"ftyp":
+        name = "HEIF/AVIF"
+    if name is None:
+        return "is not a png, jpeg or webp image"
+    return f"is a{'n' if name[:1] in 'AEFHILMNORSX' else ''} {name} image: only png, jpeg and webp are read"
+
 
 
 def content_type(fmt: str) -> str:

@@ -203,7 +203,8 @@ class EnhanceEngine:
             if not url:
                 raise InvalidInput("enhance input has neither data nor a URL")
             body, _ctype = await fetch_bytes(self._http, url, max_bytes=self.settings.max_input_bytes,
-                                             allow_private=self.settings.allow_private_urls)
+                                             allow_private=self.settings.allow_private_urls,
+                                             timeout=self.settings.fetch_timeout)
             return body
         return read
 

@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 import grpc
 from redis.exceptions import RedisError
 
-from imagemesh import metrics
+from imagemesh import logs, metrics, tracing
+from imagemesh.logs import log_context
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 
@@ -83,12 +84,19 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
         caller = current_caller()
         metrics.CLIENT_STREAMS.inc()
         try:
-            async with translated(context):
-                batch_id = await self.service.submit(caller, request)
-            del request  # the tasks are in Redis now; don't hold them while the batch streams
-            async with translated(context):
-                async for event in self.service.events(batch_id):
-                    yield event
+            with log_context(tenant=caller.tenant):
+                async with translated(context):
+                    # The caller's trace (gRPC metadata) goes on in this span, and from it into
+                    # each task's queue entry.
+                    with tracing.span("imagemesh.gateway.SubmitBatch", kind="server",
+                                      parent=dict(context.invocation_metadata() or ()), tasks=len(request.tasks)):
+                        batch_id = await self.service.submit(caller, request)
+                with log_context(batch_id=batch_id):
+                    log.debug("batch accepted: %d tasks", len(request.tasks))
+                    del request  # the tasks are in Redis now; don't hold them while the batch streams
+                    async with translated(context):
+                        async for event in self.service.events(batch_id):
+                            yield event
         finally:
             metrics.CLIENT_STREAMS.dec()
 
@@ -99,6 +107,7 @@ class ImageMeshServicer(pb_grpc.ImageMeshServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
         async with translated(context):
             batch_id = await self.service.open_session(caller, first.open)
+        logs.bind(tenant=caller.tenant, batch_id=batch_id)  # this RPC's task (and the reader's)
         tokens = dict(first.open.credentials)
         closed = asyncio.Event()
         failed = asyncio.Event()

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 
-from imagemesh import metrics
+from imagemesh import metrics, tracing
 from imagemesh.errors import RateLimited, TaskFailure
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
@@ -123,7 +123,9 @@ class Assigner:
         msg = wpb.Assignment(
             attempt_id=a.attempt_id, task_id=a.entry.task_id, attempt=a.entry.attempt,
             fence=a.lease.fence if a.lease is not None else 0, budget_ms=int(budget * 1000),
-            output_filename=a.task.output_filename, provider=a.provider, token=token or "")
+            output_filename=a.task.output_filename, provider=a.provider, token=token or "",
+            trace_context=tracing.dispatched(a.entry.trace, since=a.read_at, attempt=a.entry.attempt,
+                                             provider=a.provider or None))
         if a.entry.stage == "enhance":
             msg.enhance.CopyFrom(a.task.then_enhance)
             msg.inputs.extend(pb.TaskResult.FromString(a.entry.carry).files)

@@ -37,7 +37,8 @@ from imagemesh.config import parse_mapping
 from imagemesh.credentials import Sealer
 from imagemesh.health import LIVENESS, HealthServer
 from imagemesh.leases import LeaseBook
-from imagemesh.process import FatalError, check_port_free
+from imagemesh.config import SettingError
+from imagemesh.process import FatalError, check_bindable
 from imagemesh.tls import ServerTls, TlsConfigError, describe_server
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
@@ -197,19 +198,19 @@ class Gateway:
         return self.port
 
     def _bind(self) -> int:
-        """Listen on `listen`, over TLS if configured. FatalError (one line) if the address
+        """Listen on `listen`, over TLS if configured. SettingError (one line) if the address
         is in use or not this host's."""
         host, sep, port = self.s.listen.rpartition(":")
         if not sep or not port.isdigit():
-            raise FatalError(f"IMAGEMESH_LISTEN: {self.s.listen!r} is not host:port")
-        check_port_free("IMAGEMESH_LISTEN", host.strip("[]"), int(port))
+            raise SettingError("listen", f"{self.s.listen!r} is not host:port")
+        check_bindable("listen", host, int(port))
         try:
             if self.tls is not None:
                 return self.server.add_secure_port(self.s.listen, self.tls.credentials())
             return self.server.add_insecure_port(self.s.listen)
         except RuntimeError:
-            raise FatalError(f"IMAGEMESH_LISTEN: cannot listen on {self.s.listen} (in use, or not an "
-                             "address of this host)") from None
+            raise SettingError("listen", f"cannot listen on {self.s.listen} (in use, or not an "
+                               "address of this host)") from None
 
     async def _listen(self) -> None:
         """Pub/sub from the other replicas: new work in a pool, batches cancelled."""

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
-from imagemesh import filenames, metrics
+from imagemesh import filenames, metrics, tracing
 from imagemesh.auth import Caller
 from imagemesh.credentials import Sealer
 from imagemesh.errors import TaskFailure
@@ -214,8 +214,10 @@ class BatchService:
                 metrics.TASKS_ACCEPTED.labels(p.pool).inc()
 
     def _entry(self, batch_id: str, p: Prepared, accepted_ms: int, dedup: str | None) -> QueueEntry:
+        # Inside the SubmitBatch span (gateway.api): the task's trace goes on from there.
         return QueueEntry(batch_id=batch_id, index=p.index, attempt=1, accepted_ms=accepted_ms,
-                          task=p.task.SerializeToString(), provider_index=p.provider_index, dedup=dedup or "")
+                          task=p.task.SerializeToString(), provider_index=p.provider_index, dedup=dedup or "",
+                          trace=tracing.entry_field() or "")
 
     async def _deduplicate(self, batch_id: str, p: Prepared, entry: QueueEntry) -> tuple[str, pb.TaskResult | None]:
         """"lead" (queue it), "follow" (the leader's result will be copied to it) or "done"

@@ -1,10 +1,25 @@
-"""The gateway's settings (each one a flag and an IMAGEMESH_* variable: see `--help`)."""
+"""The gateway's settings (each one a flag and an IMAGEMESH_* variable: see `--help`).
+
+Fields are checked one by one as they are read (`check=`); `validate()` then checks what depends
+on several of them, chiefly that every provider name in a mapping is one the mesh offers, so a
+typo (`replicat=8`) stops the gateway instead of being ignored.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from imagemesh.config import CommonSettings, setting
+from imagemesh.config import (PROVIDERS, CommonSettings, SettingError, address, at_least, check_names,
+                              mapping_of, parse_list, parse_mapping, port, positive, redis_url, setting)
+
+
+def _providers(text: str) -> str:
+    names = parse_list(text)
+    if not names:
+        raise ValueError("no provider named")
+    check_names(names, PROVIDERS)
+    return text
 
 
 @dataclass
@@ -12,42 +27,103 @@ class GatewaySettings(CommonSettings):
     """ImageMesh gateway: accepts batches, dispatches them to workers, streams results back."""
 
     listen: str = setting("127.0.0.1:50051", "gRPC address to listen on (port 0: a free port, printed at start); "
-                                             "health is served here too")
+                                             "health is served here too", check=address)
     health_port: int = setting(8080, "Port of a plaintext gRPC health service for probes, which can't speak TLS "
-                                     "(0: a free port; -1: off). SERVING while Redis answers; 'liveness' while running")
+                                     "(0: a free port; -1: off). SERVING while Redis answers; 'liveness' while running",
+                               check=port)
     tls_cert: str = setting("", "Server certificate chain (PEM); with IMAGEMESH_TLS_KEY turns TLS on (empty: plaintext). "
                                 "Re-read when the file changes")
     tls_key: str = setting("", "The private key (PEM) of IMAGEMESH_TLS_CERT")
     tls_client_ca: str = setting("", "CA certificate (PEM) client certificates must chain to: mutual TLS, every caller "
                                      "and worker must present one (empty: not asked)")
-    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis holding tasks, queues, events and leases")
+    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis holding tasks, queues, events and leases",
+                             check=redis_url)
+    redis_wait: float = setting(10.0, "Seconds a starting gateway waits for Redis before it gives up (exit 2)",
+                                check=at_least(0))
     redis_prefix: str = setting("im", "Prefix of every Redis key")
-    api_keys: str = setting("", "Client keys, hashed: comma-separated role:sha256hex or name:role:sha256hex")
+    api_keys: str = setting("", "Client keys, hashed: comma-separated role:sha256hex or name:role:sha256hex",
+                            secret=True)
     api_keys_file: str = setting("", "File with one hashed key entry per line (added to --api-keys)")
     secret_key: str = setting("", "Fernet key sealing callers' tokens; the same on every gateway (required unless "
-                                  "IMAGEMESH_SINGLE_INSTANCE)")
+                                  "IMAGEMESH_SINGLE_INSTANCE)", secret=True)
     single_instance: bool = setting(False, "Run without IMAGEMESH_SECRET_KEY, sealing with a random key: one gateway "
                                            "only, sealed tokens lost on restart (dev)")
-    providers: str = setting("local,replicate,fal,openai", "Providers the mesh offers")
+    providers: str = setting("local,replicate,fal,openai", "Providers the mesh offers", check=_providers)
     default_providers: str = setting("local", "Provider order for tasks that name none")
-    key_limits: str = setting("local=0,replicate=8,fal=4,openai=4", "Default concurrency limit per provider key (0: not limited)")
-    key_daily_budgets: str = setting("", "Optional predictions per key per UTC day, per provider (e.g. replicate=1000); past it tasks fail RATE_LIMITED")
-    key_aliases: str = setting("", "Names for key ids in metrics and admin output: provider:fingerprint=alias,...")
+    key_limits: str = setting("local=0,replicate=8,fal=4,openai=4", "Default concurrency limit per provider key (0: not limited)",
+                              check=mapping_of(int, minimum=0))
+    key_daily_budgets: str = setting("", "Optional predictions per key per UTC day, per provider (e.g. replicate=1000); past it tasks fail RATE_LIMITED",
+                                     check=mapping_of(int, minimum=0))
+    key_aliases: str = setting("", "Names for key ids in metrics and admin output: provider:fingerprint=alias,...",
+                               check=mapping_of(str))
     allow_server_tokens: bool = setting(False, "Let client (non-admin) keys use the server's provider tokens")
-    replicate_token: str = setting("", "Server token for Replicate")
-    fal_token: str = setting("", "Server token for fal")
-    openai_token: str = setting("", "Server token for the OpenAI-style API")
-    lease_ttl: float = setting(10.0, "Seconds a lease lives without renewal")
-    max_job_runtime: float = setting(600.0, "Longest a provider job may run; a lost holder's lease counts this long")
-    hedge_delay: float = setting(3.0, "Seconds before a raced task (race: true) also starts its next provider")
-    max_attempts: int = setting(3, "Attempts per task (worker lost, lease lost, fallback) before it fails")
-    max_batch_tasks: int = setting(1000, "Tasks per batch")
-    max_queued_per_tenant: int = setting(100_000, "Unfinished tasks one tenant may have queued (RESOURCE_EXHAUSTED past it)")
-    max_queued_bytes_per_tenant: int = setting(512 * 1024 * 1024, "Input bytes one tenant may have queued")
-    retention: float = setting(86400.0, "Seconds results and batch events are kept")
-    drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM")
-    heartbeat_interval: float = setting(2.0, "Seconds between worker heartbeats")
-    accept_timeout: float = setting(30.0, "Seconds a SubmitBatch call may take to write a batch; past it, a resubmission of the same batch id takes over (the first call is presumed dead)")
+    replicate_token: str = setting("", "Server token for Replicate", secret=True)
+    fal_token: str = setting("", "Server token for fal", secret=True)
+    openai_token: str = setting("", "Server token for the OpenAI-style API", secret=True)
+    lease_ttl: float = setting(10.0, "Seconds a lease lives without renewal", check=positive)
+    max_job_runtime: float = setting(600.0, "Longest a provider job may run; a lost holder's lease counts this long",
+                                     check=positive)
+    hedge_delay: float = setting(3.0, "Seconds before a raced task (race: true) also starts its next provider",
+                                 check=at_least(0))
+    max_attempts: int = setting(3, "Attempts per task (worker lost, lease lost, fallback) before it fails",
+                                check=at_least(1))
+    max_batch_tasks: int = setting(1000, "Tasks per batch", check=at_least(1))
+    max_queued_per_tenant: int = setting(100_000, "Unfinished tasks one tenant may have queued (RESOURCE_EXHAUSTED past it)",
+                                         check=at_least(1))
+    max_queued_bytes_per_tenant: int = setting(512 * 1024 * 1024, "Input bytes one tenant may have queued",
+                                               check=at_least(1))
+    retention: float = setting(86400.0, "Seconds results and batch events are kept", check=positive)
+    drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM", check=at_least(0))
+    heartbeat_interval: float = setting(2.0, "Seconds between worker heartbeats", check=positive)
+    accept_timeout: float = setting(30.0, "Seconds a SubmitBatch call may take to write a batch; past it, a "
+                                          "resubmission of the same batch id takes over (the first is presumed dead)",
+                                    check=positive)
     max_message_bytes: int = setting(16 * 1024 * 1024, "Largest gRPC message accepted or sent (large inputs: "
-                                                      "image_url or Stream)")
-    metrics_port: int = setting(9464, "Port of the Prometheus /metrics endpoint, plain HTTP (0: a free port; -1: off)")
+                                                      "image_url or Stream)", check=at_least(1024))
+    metrics_port: int = setting(9464, "Port of the Prometheus /metrics endpoint, plain HTTP (0: a free port; -1: off)",
+                                check=port)
+
+    def validate(self) -> None:
+        super().validate()
+        offered = parse_list(self.providers)
+        for name in ("default_providers", "key_limits", "key_daily_budgets"):
+            text = getattr(self, name)
+            names = parse_list(text) if name == "default_providers" else parse_mapping(text)
+            try:
+                check_names(names, offered)
+            except ValueError as exc:
+                raise SettingError(name, f"{exc} — a provider must be in --providers") from None
+        if not parse_list(self.default_providers):
+            raise SettingError("default_providers", "no provider named")
+        for key in parse_mapping(self.key_aliases):
+            provider, sep, fingerprint = key.partition(":")
+            if not sep or not fingerprint:
+                raise SettingError("key_aliases", f"{key!r} is not a key id (provider:fingerprint, as ListKeys shows)")
+            try:
+                check_names([provider], offered)
+            except ValueError as exc:
+                raise SettingError("key_aliases", str(exc)) from None
+        self._validate_keys()
+
+    def _validate_keys(self) -> None:
+        from imagemesh.auth import ApiKeys
+        from imagemesh.credentials import Sealer
+
+        try:
+            ApiKeys.parse(self.api_keys)
+        except ValueError as exc:
+            raise SettingError("api_keys", str(exc)) from None
+        if self.api_keys_file:
+            try:
+                ApiKeys.parse(Path(self.api_keys_file).read_text())
+            except OSError as exc:
+                raise SettingError("api_keys_file", f"cannot read {self.api_keys_file!r}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise SettingError("api_keys_file", str(exc)) from None
+        if self.secret_key:
+            try:
+                Sealer(self.secret_key)
+            except ValueError:
+                raise SettingError("secret_key", "not a Fernet key (32 url-safe base64-encoded bytes); make one with "
+                                   "python -c 'from cryptography.fernet import Fernet; "
+                                   "print(Fernet.generate_key().decode())'") from None

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from imagemesh.errors import InvalidInput
 from imagemesh.v1 import imagemesh_pb2 as pb
 
-BATCH_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# fullmatch, never `$`: `$` also matches before a trailing newline ("b1\n" would pass).
+BATCH_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FORMATS = ("png", "jpg", "jpeg", "webp")
 
 
@@ -40,7 +41,7 @@ def check_batch(tasks_count: int, batch_id: str, limits: Limits) -> None:
         raise BadRequest("tasks: the batch is empty (at least 1 task)")
     if tasks_count > limits.max_batch_tasks:
         raise BadRequest(f"tasks: {tasks_count} tasks, the limit is {limits.max_batch_tasks} per batch")
-    if batch_id and not BATCH_ID.match(batch_id):
+    if batch_id and not BATCH_ID.fullmatch(batch_id):
         raise BadRequest("batch_id: 1-64 characters of A-Z a-z 0-9 _ . -")
 
 

@@ -1,18 +1,19 @@
-"""`python -m gen_worker` / `imagemesh-gen-worker`: one generation worker until SIGTERM."""
+"""`python -m gen_worker` / `imagemesh-gen-worker`: one generation worker until SIGTERM.
+
+A bad setting, or a health or metrics port that cannot be bound, ends it at start with one line
+naming the setting and exit status 2.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-import sys
 
 import httpx
 
 from imagemesh.config import load, parse_mapping
-from imagemesh.process import configure_logging, exit_on_fatal_error, serve_metrics
 from imagemesh.podcost import PodDeletionCost
-from imagemesh.health import HealthServer
+from imagemesh.process import run, start_health
 from imagemesh.worker import WorkerRuntime, dial_tls, serve
 
 from .executor import GenerateExecutor
@@ -20,6 +21,8 @@ from .providers import build_providers
 from .providers.local import LocalProvider
 from .retry import RetryPolicy
 from .settings import WorkerSettings
+
+PROG = "imagemesh-gen-worker"
 
 
 async def amain(s: WorkerSettings) -> int:
@@ -33,14 +36,13 @@ async def amain(s: WorkerSettings) -> int:
     providers["local"] = LocalProvider(latency=s.local_latency_ms / 1000)
     executor = GenerateExecutor(providers, policy=RetryPolicy(max_tries=s.max_tries), http=http,
                                 inline_max_bytes=s.inline_max_bytes, allow_private_urls=s.allow_private_urls,
-                                default_models=parse_mapping(s.default_models))
+                                default_models=parse_mapping(s.default_models), fetch_timeout=s.fetch_timeout)
     runtime = WorkerRuntime(gateway=s.gateway, pool="generate", capacity=s.capacity, executor=executor,
                             worker_id=s.worker_id or f"gen-{socket.gethostname()}-{os.getpid()}",
                             api_key=s.api_key, device="remote", providers=tuple(providers),
                             heartbeat=s.heartbeat_interval, max_message_bytes=s.max_message_bytes,
                             deletion_cost=PodDeletionCost.from_environment(), tls=tls)
-    health = HealthServer(s.health_port, s.health_host)
-    await health.start()
+    health = await start_health(s.health_port, s.health_host)
     await serve(runtime, health, s.drain_seconds)
     for provider in providers.values():
         await provider.aclose()
@@ -49,12 +51,7 @@ async def amain(s: WorkerSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = load(WorkerSettings, argv, prog="imagemesh-gen-worker")
-    configure_logging(settings.log_level)
-    with exit_on_fatal_error("imagemesh-gen-worker"):
-        serve_metrics(settings.metrics_port, settings.metrics_host)
-        code = asyncio.run(amain(settings))
-    sys.exit(code)
+    run(PROG, "gen-worker", load(WorkerSettings, argv, prog=PROG), amain)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,14 @@ from .retry import RetryPolicy, with_retries
 class GenerateExecutor:
     def __init__(self, providers: dict[str, Provider], *, policy: RetryPolicy,
                  http: httpx.AsyncClient, inline_max_bytes: int, allow_private_urls: bool,
-                 default_models: dict[str, str] | None = None) -> None:
+                 default_models: dict[str, str] | None = None, fetch_timeout: float = 30.0) -> None:
         self.providers = providers
         self.default_models = default_models or {}
         self.policy = policy
         self.http = http
         self.inline_max_bytes = inline_max_bytes
         self.allow_private_urls = allow_private_urls
+        self.fetch_timeout = fetch_timeout
 
     async def run(self, a: wpb.Assignment) -> wpb.AttemptResult:
         provider = self.providers.get(a.provider)
@@ -50,8 +51,10 @@ class GenerateExecutor:
             outputs, tries = await with_retries(lambda: provider.generate(request, token, deadline),
                                                 policy=self.policy, deadline=deadline)
             if spec.inline_outputs and any(o.url for o in outputs):
+                # Each fetch has a total deadline, never past the attempt's own.
+                timeout = max(0.1, min(self.fetch_timeout, deadline - time.monotonic()))
                 outputs = await inline_outputs(outputs, self.http, max_bytes=self.inline_max_bytes,
-                                               allow_private=self.allow_private_urls)
+                                               allow_private=self.allow_private_urls, timeout=timeout)
         except TaskFailure as exc:
             return failed(a, exc, tries=getattr(exc, "tries", 1))
         return wpb.AttemptResult(

@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from imagemesh import tracing
 from imagemesh.tls import ChannelTls, channel
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
@@ -110,7 +111,12 @@ class Client:
         """Submit a batch and yield its events: `accepted`, each `result` as it finishes, `summary`."""
         request = pb.SubmitBatchRequest(tasks=list(tasks), credentials=credentials or {},
                                         batch_id=batch_id or new_batch_id(), priority=priority)
-        return self._follow(request.batch_id, lambda: self.api.SubmitBatch(request, metadata=self._metadata))
+        # With OpenTelemetry configured, the batch's trace starts here and crosses the mesh.
+        span = tracing.start("imagemesh.client.submit", kind="client", batch_id=request.batch_id,
+                             tasks=len(request.tasks))
+        metadata = self._metadata + tuple(tracing.inject(span).items())
+        return tracing.ended_after(span, self._follow(
+            request.batch_id, lambda: self.api.SubmitBatch(request, metadata=metadata)))
 
     def watch(self, batch_id: str, after_cursor: str = "") -> AsyncIterator[pb.BatchEvent]:
         """Every event of a batch after `after_cursor` (all if empty), then new ones until the summary."""

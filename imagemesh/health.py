@@ -14,7 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from imagemesh.process import FatalError, announce, check_port_free, host_port
+from imagemesh.config import SettingError
+from imagemesh.process import announce, check_bindable, host_port
 
 LIVENESS = "liveness"
 
@@ -26,8 +27,8 @@ def status(serving: bool) -> int:
 class HealthServer:
     """A gRPC server holding only the health service, on host:port. Port -1: no server (calls
     only change the servicer). `servicer`: share one with another server (the gateway serves the
-    same statuses on its API port). FatalError when the port can't be bound: port reuse is off,
-    so a busy port fails instead of being shared."""
+    same statuses on its API port). SettingError when the port can't be bound: port reuse is
+    off, so a busy port fails instead of being shared."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", servicer: health_aio.HealthServicer | None = None) -> None:
         self.servicer = servicer or health_aio.HealthServicer()
@@ -35,11 +36,11 @@ class HealthServer:
         self.port = -1
         if self.server is not None:
             health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
-            check_port_free("IMAGEMESH_HEALTH_PORT", host, port)
+            check_bindable("health_port", host, port)
             try:
                 self.port = self.server.add_insecure_port(host_port(host, port))
             except RuntimeError:
-                raise FatalError(f"IMAGEMESH_HEALTH_PORT: cannot listen on {host_port(host, port)}") from None
+                raise SettingError("health_port", f"cannot listen on {host_port(host, port)}") from None
 
     async def start(self) -> None:
         """Start with both services NOT_SERVING, and say the port on stdout (`HEALTH_PORT=`)."""

@@ -7,11 +7,14 @@ and the number of keys is bounded by configuration, so their cardinality is too.
 Gauges computed from Redis (queue depth, backlog, lease state) hold mesh-wide values: every
 gateway replica exports the same figure, so autoscaling queries take `max()` over replicas.
 Gauges about connected workers are per gateway: queries `sum()` them.
+
+Each process exports only the families of its role (`ROLES`): a generation worker has no
+Redis, so it must not export `imagemesh_redis_up 0`, nor a gateway's empty queue gauges.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 # --- gateway: tasks and queues -------------------------------------------------------------
 TASKS_ACCEPTED = Counter(
@@ -92,7 +95,35 @@ ENHANCE_WAITING = Gauge(
     "imagemesh_enhance_admission_waiting", "Images waiting for admission within this worker.", ["device"])
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> int:
-    """Expose /metrics on `port` (0 picks a free one); returns the bound port."""
-    server, _thread = start_http_server(port, addr)
+_WORKER = (WORKER_CAPACITY, WORKER_IN_FLIGHT, WORKER_CONNECTED)
+# The families each kind of process exports; every metric above is in at least one role.
+ROLES = {
+    "gateway": (TASKS_ACCEPTED, TASKS_FINISHED, TASK_DURATION, ATTEMPTS_REQUEUED, QUEUE_DEPTH,
+                QUEUE_OLDEST_AGE, SCHEDULABLE_BACKLOG, CLIENT_STREAMS, POOL_WORKERS, POOL_CAPACITY,
+                POOL_IN_FLIGHT, POOL_UTILIZATION, LEASE_IN_USE, LEASE_LIMIT, LEASE_WAITERS, LEASE_WAIT,
+                LEASE_QUARANTINED, LEASES_LOST, REDIS_UP, CIRCUIT_STATE),
+    "gen-worker": (*_WORKER, PROVIDER_REQUEST, PROVIDER_ERRORS),
+    "enhance-worker": (*_WORKER, ENHANCE_INFERENCE, ENHANCE_MEGAPIXELS, ENHANCE_GPU_MEMORY,
+                       ENHANCE_OOM_RETRIES, ENHANCE_COST_IN_USE, ENHANCE_COST_BUDGET, ENHANCE_WAITING),
+}
+
+
+class RoleView:
+    """The default registry as one role sees it: that role's ImageMesh families, and the
+    process/Python collectors every process has."""
+
+    def __init__(self, role: str) -> None:
+        self.names = {family.name for metric in ROLES[role] for family in metric.describe()}
+
+    def collect(self):
+        for family in REGISTRY.collect():
+            if not family.name.startswith("imagemesh_") or family.name in self.names:
+                yield family
+
+
+def serve(port: int, addr: str = "0.0.0.0", *, role: str | None = None) -> int:
+    """Expose /metrics on `addr`:`port` (0 picks a free one); returns the bound port. `role`:
+    export only that role's families (None: every family). Raises OSError (port in use)."""
+    registry = RoleView(role) if role else REGISTRY
+    server, _thread = start_http_server(port, addr, registry=registry)  # type: ignore[arg-type]
     return server.server_address[1]

@@ -1,81 +1,103 @@
-"""What every ImageMesh process does the same way: logging, /metrics, ports, SIGTERM handling,
-and the one-line exit for a problem found at start."""
+"""What every ImageMesh process does the same way: logging, tracing, /metrics, ports, SIGTERM
+handling, and ending on a problem found at start with one line and exit status 2.
+
+    def main(argv=None):
+        settings = load(GatewaySettings, argv, prog=PROG)   # a bad value: one line, exit 2
+        run(PROG, "gateway", settings, amain)               # a SettingError or FatalError at
+                                                            # start: the same
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import logging
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
 
-from imagemesh import metrics
+from imagemesh import logs, metrics, tracing
+from imagemesh.config import CommonSettings, SettingError, fail
+
+S = TypeVar("S", bound=CommonSettings)
 
 
 class FatalError(Exception):
-    """The process can't run as configured: a port in use, a missing secret, unusable
-    certificates, a key the gateway refuses. `exit_on_fatal_error` prints the message as one
-    line and exits 2; the message names the setting and never contains a secret."""
+    """The process can't run as configured, for a reason that is not one setting's value alone
+    (a missing secret, unusable certificates, a key the gateway refuses). `run` prints the
+    message as one line and exits 2; the message names the setting and never holds a secret."""
 
 
-@contextlib.contextmanager
-def exit_on_fatal_error(prog: str):
-    """Around a process's start and run: a FatalError ends it with `prog: error: ...` on
-    stderr and exit status 2 (the convention of a bad command-line argument), no traceback."""
-    try:
-        yield
-    except FatalError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def check_port_free(setting: str, host: str, port: int) -> None:
-    """FatalError naming `setting` when host:port can't be bound (in use, or not an address
-    of this host). Checked with a plain socket first so the error is one clear line rather
-    than gRPC's bind failure and its core log; the real bind follows at once (port 0 and a
-    port taken between the check and the bind are still caught by the caller's own bind)."""
-    if port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise FatalError(f"{setting}: {host!r} is not an address of this host ({exc.strerror})") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC and http.server do
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise FatalError(f"{setting}: port {port} on {host} is already in use "
-                                 f"(another process listens there)") from None
-            raise FatalError(f"{setting}: cannot bind {host}:{port} ({exc.strerror})") from None
+def configure_logging(level: str, fmt: str = "text") -> None:
+    logs.configure(level, fmt)
 
 
 def host_port(host: str, port: int) -> str:
     """`host:port` as gRPC wants it (an IPv6 address in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> int | None:
-    """Start /metrics (plain HTTP) on host:port unless port is -1; returns the bound port
-    (announced on stdout). FatalError when the port can't be bound."""
+def check_bindable(name: str, host: str, port: int) -> None:
+    """Raise SettingError naming `name` unless `host`:`port` can be bound now: in use (by
+    anything, another gateway included: gRPC's port reuse is off, so a busy port is never
+    shared), or `host` not an address of this machine. Checked with a plain socket before gRPC
+    binds, which would print its own multi-line error; port 0 (a free one) always can."""
+    if port == 0:
+        return
+    bare = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise SettingError(name, f"cannot listen on {host}:{port}: {host!r} is not a known host") from None
+    for family, kind, proto, _name, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is no conflict
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                raise SettingError(name, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def serve_metrics(port: int, role: str | None = None, host: str = "127.0.0.1") -> int | None:
+    """Start /metrics (plain HTTP) unless port is -1; returns the bound port (announced on
+    stdout). `role`: the process kind whose metric families it exports (imagemesh.metrics.ROLES).
+    Raises SettingError naming --metrics-port when the port cannot be bound."""
     if port < 0:
         return None
-    check_port_free("IMAGEMESH_METRICS_PORT", host, port)
+    check_bindable("metrics_port", host, port)
     try:
-        bound = metrics.serve(port, host)
+        bound = metrics.serve(port, host, role=role)
     except OSError as exc:
-        raise FatalError(f"IMAGEMESH_METRICS_PORT: cannot serve /metrics on {host}:{port} ({exc.strerror})") from None
+        raise SettingError("metrics_port", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     announce("METRICS_PORT", bound)
     return bound
+
+
+async def start_health(port: int, host: str = "127.0.0.1"):
+    """The process's plaintext gRPC health server (imagemesh.health), started NOT_SERVING.
+    Raises SettingError naming --health-port when the port cannot be bound."""
+    from imagemesh.health import HealthServer  # imagemesh.health imports this module
+
+    health = HealthServer(port, host)
+    await health.start()
+    return health
+
+
+def run(prog: str, role: str, settings: S, amain: Callable[[S], Awaitable[int]]) -> NoReturn:
+    """Configure logging, tracing and /metrics from `settings`, run `amain(settings)`, exit with
+    its status. A SettingError or FatalError on the way (a port in use, Redis unreachable, no
+    secret key) ends the process with one line on stderr and exit status 2."""
+    code = 2
+    try:
+        configure_logging(settings.log_level, settings.log_format)
+        tracing.configure(settings.tracing, f"imagemesh-{role}")
+        serve_metrics(settings.metrics_port, role, settings.metrics_host)
+        code = asyncio.run(amain(settings))
+    except (SettingError, FatalError) as exc:
+        fail(prog, str(exc) if isinstance(exc, SettingError) else f"error: {exc}")
+    finally:
+        tracing.shutdown()
+    sys.exit(code)
 
 
 def announce(name: str, value: object) -> None:

@@ -37,7 +37,8 @@ from typing import Protocol
 import grpc
 
 from imagemesh.errors import Internal, TaskFailure
-from imagemesh import metrics
+from imagemesh import metrics, tracing
+from imagemesh.logs import bind, log_context
 from imagemesh.podcost import PodDeletionCost
 from imagemesh.health import HealthServer
 from imagemesh.process import FatalError, stop_signal
@@ -141,6 +142,7 @@ class WorkerRuntime:
     async def run(self, stop: asyncio.Event, grace: float) -> None:
         """Serve until `stop` is set, then drain within `grace` seconds. Raises GatewayRefused
         after AUTH_REFUSALS_BEFORE_EXIT refusals of the key in a row."""
+        bind(worker_id=self.worker_id)  # every log line of this worker's tasks
         log.info("gRPC transport to %s: %s", self.gateway, describe_channel(self.tls))
         backoff = 0.1
         refusals = 0
@@ -302,6 +304,13 @@ class WorkerRuntime:
         metrics.WORKER_IN_FLIGHT.labels(self.pool).set(len(self.running))
 
     async def _attempt(self, a: wpb.Assignment) -> None:
+        # Log lines of this attempt carry its ids; its span continues the task's trace.
+        with log_context(batch_id=a.task_id.rpartition("-")[0], task_id=a.task_id, attempt=a.attempt), \
+                tracing.span("imagemesh.worker.attempt", parent=a.trace_context, kind="consumer",
+                             task_id=a.task_id, attempt=a.attempt, provider=a.provider or None):
+            await self._run_attempt(a)
+
+    async def _run_attempt(self, a: wpb.Assignment) -> None:
         started = time.monotonic()
         try:
             budget = a.budget_ms / 1000 if a.budget_ms > 0 else None
@@ -319,6 +328,7 @@ class WorkerRuntime:
                 log.exception("attempt %s failed with a bug", a.attempt_id)
                 result = failed(a, Internal(f"worker error: {type(exc).__name__}"))
             result.run_ms = result.run_ms or int((time.monotonic() - started) * 1000)
+            log.debug("attempt finished: %s in %d ms", pb.TaskState.Name(result.state), result.run_ms)
             self._results.append(result)
             self._outbox.set()
         finally:

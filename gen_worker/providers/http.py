@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from gen_worker.providers.base import GenerateRequest, Output
-from imagemesh import metrics
+from imagemesh import metrics, tracing
 from imagemesh.errors import (AuthFailed, Internal, InvalidInput, ProviderFailed, RateLimited,
                               TaskFailure, Timeout, Unavailable)
 
@@ -151,7 +151,7 @@ def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) read from the image header; (0, 0) when it cannot be read."""
     try:
         from PIL import Image
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "WEBP")) as image:
             return image.size
     except Exception:  # any undecodable payload: size is informative only
         return 0, 0
@@ -208,7 +208,9 @@ class HTTPProvider:
                 raise Timeout(f"{self.name}: deadline passed before the call")
             try:
                 async with asyncio.timeout(remaining):
-                    outputs = await self._generate(request, token, deadline)
+                    with tracing.span("imagemesh.provider.generate", kind="client", provider=self.name,
+                                      model=request.model or None):
+                        outputs = await self._generate(request, token, deadline)
             except TimeoutError:
                 raise Timeout(f"{self.name} did not finish within the deadline "
                               f"({remaining:.1f}s)") from None
@@ -251,6 +253,7 @@ class HTTPProvider:
         if remaining <= 0:
             raise Timeout(f"{self.name}: deadline reached while {what}")
         all_headers = self.auth_headers(token)
+        all_headers.update(tracing.inject())  # traceparent: the provider may join our trace
         if headers:
             all_headers.update(headers)
         try:

@@ -32,7 +32,14 @@ class Heartbeat(_message.Message):
     def __init__(self, in_flight: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("attempt_id", "task_id", "attempt", "fence", "budget_ms", "output_filename", "provider", "token", "generate", "enhance", "inputs")
+    __slots__ = ("attempt_id", "task_id", "attempt", "fence", "budget_ms", "output_filename", "provider", "token", "generate", "enhance", "inputs", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +51,7 @@ class Assignment(_message.Message):
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     ENHANCE_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     task_id: str
     attempt: int
@@ -55,7 +63,8 @@ class Assignment(_message.Message):
     generate: _imagemesh_pb2.GenerateSpec
     enhance: _imagemesh_pb2.EnhanceSpec
     inputs: _containers.RepeatedCompositeFieldContainer[_imagemesh_pb2.OutputFile]
-    def __init__(self, attempt_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fence: _Optional[int] = ..., budget_ms: _Optional[int] = ..., output_filename: _Optional[str] = ..., provider: _Optional[str] = ..., token: _Optional[str] = ..., generate: _Optional[_Union[_imagemesh_pb2.GenerateSpec, _Mapping]] = ..., enhance: _Optional[_Union[_imagemesh_pb2.EnhanceSpec, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_imagemesh_pb2.OutputFile, _Mapping]]] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, attempt_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fence: _Optional[int] = ..., budget_ms: _Optional[int] = ..., output_filename: _Optional[str] = ..., provider: _Optional[str] = ..., token: _Optional[str] = ..., generate: _Optional[_Union[_imagemesh_pb2.GenerateSpec, _Mapping]] = ..., enhance: _Optional[_Union[_imagemesh_pb2.EnhanceSpec, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_imagemesh_pb2.OutputFile, _Mapping]]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AttemptResult(_message.Message):
     __slots__ = ("attempt_id", "task_id", "attempt", "fence", "state", "files", "error", "provider", "tries", "run_ms", "model", "device", "fallback_ok")
