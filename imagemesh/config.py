@@ -231,8 +231,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def fail(prog: str, message: str) -> NoReturn:
-    """One line on stderr, exit status 2: how every bad setting ends a process."""
-    print(f"{prog}: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    """One line on stderr, exit status 2: how every bad setting ends a process (argparse's own
+    `prog: error: message` form)."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 

@@ -94,7 +94,7 @@ def run(prog: str, role: str, settings: S, amain: Callable[[S], Awaitable[int]])
         serve_metrics(settings.metrics_port, role, settings.metrics_host)
         code = asyncio.run(amain(settings))
     except (SettingError, FatalError) as exc:
-        fail(prog, str(exc) if isinstance(exc, SettingError) else f"error: {exc}")
+        fail(prog, str(exc))
     finally:
         tracing.shutdown()
     sys.exit(code)
