@@ -39,6 +39,7 @@ async def amain(s: EnhanceSettings) -> int:
                             worker_id=s.worker_id or f"enhance-{socket.gethostname()}-{os.getpid()}",
                             api_key=s.api_key, device=engine.device, heartbeat=s.heartbeat_interval,
                             deletion_cost=PodDeletionCost.from_environment())
+    engine.objects.channel = lambda: runtime.channel  # outputs go to storage beside the Connect stream
     await serve(runtime, health, s.drain_seconds)
     await engine.close()
     return 0

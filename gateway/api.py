@@ -19,6 +19,7 @@ from imagemesh.auth import ApiKeys, Caller
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 
+from .files_api import FileTransfer
 from .service import BatchService, Forbidden, NotFound, Overloaded
 from .validation import BadRequest
 
@@ -56,7 +57,7 @@ async def translated(context: grpc.aio.ServicerContext):
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the task store (Redis) is unavailable; retry")
 
 
-class ImageMeshServicer(pb_grpc.ImageMeshServicer):
+class ImageMeshServicer(FileTransfer, pb_grpc.ImageMeshServicer):
     def __init__(self, service: BatchService, keys: ApiKeys) -> None:
         self.service = service
         self.keys = keys

@@ -32,6 +32,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -48,6 +49,9 @@ from .dedup import Dedup
 from .pools import Pool, Worker
 from .queues import Entry, QueueName, TaskQueues
 from .routing import ENHANCE_KEY, Routing
+
+if TYPE_CHECKING:
+    from .outputs import Outputs
 
 log = logging.getLogger("imagemesh.gateway.dispatch")
 
@@ -106,7 +110,8 @@ class DispatchSettings:
 class Dispatcher:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
                  leases, routing: Routing, sealer: Sealer, settings: DispatchSettings,
-                 cancel_channel: str, dedup: Dedup, budget: DailyBudget) -> None:
+                 cancel_channel: str, dedup: Dedup, budget: DailyBudget,
+                 outputs: Outputs | None = None) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -117,6 +122,7 @@ class Dispatcher:
         self.cancel_channel = cancel_channel
         self.dedup = dedup
         self.budget = budget
+        self.outputs = outputs
         self.pools = {name: Pool(name) for name in POOLS}
         self.inflight: dict[str, Attempt] = {}
         self._known_queues: dict[str, set[QueueName]] = {name: set() for name in POOLS}
@@ -348,6 +354,8 @@ class Dispatcher:
             msg.enhance.CopyFrom(a.task.enhance)
         else:
             msg.generate.CopyFrom(a.task.generate)
+        if self.outputs:
+            await self.outputs.prepare(msg, a.entry.batch_id, a.entry.index, a.entry.attempt, a.task)
         return msg
 
     async def _token(self, batch_id: str, provider: str) -> str | None:
@@ -376,6 +384,8 @@ class Dispatcher:
             done.append((a, r))
         if not done:
             return
+        if self.outputs:
+            await self.outputs.accept([(a.entry.batch_id, a.entry.index, a.entry.attempt, r) for a, r in done])
         await self._release([a for a, _ in done])
         finals: list[tuple[Attempt, pb.TaskResult]] = []
         retry: list[Requeue] = []

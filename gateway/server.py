@@ -35,6 +35,8 @@ from .batches import BatchStore
 from .budget import DailyBudget
 from .dedup import Dedup
 from .dispatch import Dispatcher, DispatchSettings
+from .files_api import WorkerObjectsServicer
+from .outputs import build_outputs
 from .queues import TaskQueues
 from .registry import WorkerRegistry
 from .routing import Routing, RoutingSettings
@@ -45,7 +47,7 @@ from .worker_link import WorkerLinkServicer
 
 log = logging.getLogger("imagemesh.gateway")
 
-SERVICES = ("imagemesh.v1.ImageMesh", "imagemesh.v1.MeshAdmin", "imagemesh.v1.WorkerLink")
+SERVICES = ("imagemesh.v1.ImageMesh", "imagemesh.v1.MeshAdmin", "imagemesh.v1.WorkerLink", "imagemesh.v1.WorkerObjects")
 
 
 def load_keys(s: GatewaySettings) -> ApiKeys:
@@ -92,6 +94,7 @@ class Gateway:
         self.queues = TaskQueues(self.redis, consumer=self.id, prefix=p)
         self.cancel_channel = f"{p}:cancel"
         self.dedup = Dedup(self.redis, prefix=p, ttl=settings.max_job_runtime * settings.max_attempts)
+        self.outputs = build_outputs(settings, self.redis, self.batches)
         self.dispatcher = Dispatcher(
             redis=self.redis, batches=self.batches, queues=self.queues, leases=self.leases,
             routing=self.routing, sealer=self.sealer,
@@ -100,10 +103,11 @@ class Gateway:
                                       heartbeat_interval=settings.heartbeat_interval,
                                       hedge_delay=settings.hedge_delay),
             cancel_channel=self.cancel_channel, dedup=self.dedup,
-            budget=DailyBudget(self.redis, parse_mapping(settings.key_daily_budgets, value_type=int), prefix=p))
+            budget=DailyBudget(self.redis, parse_mapping(settings.key_daily_budgets, value_type=int), prefix=p),
+            outputs=self.outputs)
         self.service = BatchService(
             redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
-            sealer=self.sealer, dispatcher=self.dispatcher, dedup=self.dedup,
+            sealer=self.sealer, dispatcher=self.dispatcher, dedup=self.dedup, outputs=self.outputs,
             limits=Limits(max_batch_tasks=settings.max_batch_tasks,
                           max_queued_per_tenant=settings.max_queued_per_tenant,
                           max_queued_bytes_per_tenant=settings.max_queued_bytes_per_tenant))
@@ -135,11 +139,14 @@ class Gateway:
         wire.add_servicer(self.server, WorkerLinkServicer(self.dispatcher, self.keys, gateway_id=self.id,
                                                           heartbeat_interval=self.s.heartbeat_interval),
                           wpb.DESCRIPTOR.services_by_name["WorkerLink"], wpb)
+        wire.add_servicer(self.server, WorkerObjectsServicer(self.outputs, self.keys),
+                          wpb.DESCRIPTOR.services_by_name["WorkerObjects"], wpb)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (pb.DESCRIPTOR.services_by_name["ImageMesh"].full_name,
              pb.DESCRIPTOR.services_by_name["MeshAdmin"].full_name,
              wpb.DESCRIPTOR.services_by_name["WorkerLink"].full_name,
+             wpb.DESCRIPTOR.services_by_name["WorkerObjects"].full_name,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
         self.port = self.server.add_insecure_port(self.s.listen)
@@ -147,6 +154,7 @@ class Gateway:
             raise RuntimeError(f"could not listen on {self.s.listen}")
         await self.leases.start()
         await self.dispatcher.start()
+        self.outputs.start()
         self._listener = asyncio.create_task(self._listen())
         self._publisher = asyncio.create_task(self._publish_workers())
         await self.server.start()
@@ -195,6 +203,7 @@ class Gateway:
         if self.server is not None:
             await self.server.stop(grace)
         await self.dispatcher.stop()
+        await self.outputs.stop()
         for task in (self._listener, self._publisher):
             if task is not None:
                 task.cancel()

@@ -13,6 +13,7 @@ import base64
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
@@ -28,6 +29,9 @@ from .dispatch import Dispatcher
 from .queues import QueueName, TaskQueues
 from .routing import Routing
 from .validation import BadRequest, Limits, check_batch, check_credentials, check_task
+
+if TYPE_CHECKING:
+    from .outputs import Outputs
 
 log = logging.getLogger("imagemesh.gateway.service")
 
@@ -69,7 +73,7 @@ class Prepared:
 class BatchService:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
                  routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits,
-                 dedup: Dedup) -> None:
+                 dedup: Dedup, outputs: Outputs | None = None) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -78,6 +82,7 @@ class BatchService:
         self.dispatcher = dispatcher
         self.limits = limits
         self.dedup = dedup
+        self.outputs = outputs
 
     # -- preparing tasks -----------------------------------------------------------------------
     def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str]) -> Prepared:
@@ -149,6 +154,9 @@ class BatchService:
     async def _admit(self, caller: Caller, tasks: int, size: int) -> None:
         """Backpressure per tenant: what it has queued, in tasks and in input bytes, is capped,
         so one caller can't fill Redis (or starve the others) however much it submits."""
+        full = await self.outputs.over_quota(caller.tenant) if self.outputs else None
+        if full:
+            raise Overloaded(full, retry_after=60.0)
         queued, queued_bytes = await self.batches.tenant_backlog(caller.tenant)
         if queued + tasks > self.limits.max_queued_per_tenant:
             raise Overloaded(f"too many unfinished tasks for this caller: {queued} queued + {tasks} new, "
@@ -247,10 +255,11 @@ class BatchService:
     async def watch(self, caller: Caller, batch_id: str, after: str = "") -> AsyncIterator[pb.BatchEvent]:
         await self._owned(caller, batch_id)
         async for event in self.batches.events(batch_id, after):
-            yield event
+            yield self.outputs.present(event) if self.outputs else event
 
     def events(self, batch_id: str, after: str = "") -> AsyncIterator[pb.BatchEvent]:
-        return self.batches.events(batch_id, after)
+        events = self.batches.events(batch_id, after)
+        return self.outputs.presented(events) if self.outputs else events
 
     async def status(self, caller: Caller, batch_id: str) -> pb.BatchStatus:
         await self._owned(caller, batch_id)

@@ -12,6 +12,7 @@ import httpx
 from imagemesh.config import load, parse_mapping
 from imagemesh.process import configure_logging, serve_metrics
 from imagemesh.podcost import PodDeletionCost
+from imagemesh.uploads import ObjectLink
 from imagemesh.worker import HealthServer, WorkerRuntime, serve
 
 from .executor import GenerateExecutor
@@ -29,14 +30,16 @@ async def amain(s: WorkerSettings) -> int:
                                  "openai": s.openai_base_url})
     providers["replicate"].prefer_wait = max(0, min(60, s.replicate_prefer_wait))
     providers["local"] = LocalProvider(latency=s.local_latency_ms / 1000)
+    objects = ObjectLink(http=http, api_key=s.api_key)
     executor = GenerateExecutor(providers, policy=RetryPolicy(max_tries=s.max_tries), http=http,
                                 inline_max_bytes=s.inline_max_bytes, allow_private_urls=s.allow_private_urls,
-                                default_models=parse_mapping(s.default_models))
+                                default_models=parse_mapping(s.default_models), objects=objects)
     runtime = WorkerRuntime(gateway=s.gateway, pool="generate", capacity=s.capacity, executor=executor,
                             worker_id=s.worker_id or f"gen-{socket.gethostname()}-{os.getpid()}",
                             api_key=s.api_key, device="remote", providers=tuple(providers),
                             heartbeat=s.heartbeat_interval,
                             deletion_cost=PodDeletionCost.from_environment())
+    objects.channel = lambda: runtime.channel  # outputs go to storage beside the Connect stream
     health = HealthServer(s.health_port)
     await health.start()
     await serve(runtime, health, s.drain_seconds)

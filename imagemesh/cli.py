@@ -2,6 +2,7 @@
 
     imagemesh submit tasks.json [--out results.json] [--download DIR]
     imagemesh status BATCH | watch BATCH [--after CURSOR] | cancel BATCH
+    imagemesh download BATCH (--dir DIR | --zip FILE.zip)
     imagemesh keys | set-limit KEY LIMIT | workers | providers          (admin key)
 
 A tasks file is a JSON list of tasks, or an object {"tasks": [...], "credentials": {...},
@@ -24,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from imagemesh import filenames
+from imagemesh import downloads
 from imagemesh.client import Client
 from imagemesh.v1 import imagemesh_pb2 as pb
 
@@ -76,26 +78,6 @@ def describe(task: pb.Task) -> str:
     return "enhance"
 
 
-def save_files(result: pb.TaskResult, directory: Path) -> list[dict[str, Any]]:
-    """Write inline outputs under the caller's filenames (sanitised again: never trust a name)."""
-    saved = []
-    for f in result.files:
-        entry: dict[str, Any] = {"filename": f.filename}
-        if f.url:
-            entry["url"] = f.url
-        if f.WhichOneof("location") == "data":
-            directory.mkdir(parents=True, exist_ok=True)
-            target = directory / filenames.sanitize(f.filename)
-            target.write_bytes(f.data)
-            entry["path"] = str(target)
-        saved.append(entry)
-    return saved
-
-
-def file_entries(result: pb.TaskResult) -> list[dict[str, Any]]:
-    return [{"filename": f.filename, **({"url": f.url} if f.url else {"bytes": len(f.data)})} for f in result.files]
-
-
 async def cmd_submit(client: Client, args) -> int:
     tasks, credentials, batch_id = load_tasks(Path(args.file))
     if not tasks:
@@ -104,6 +86,7 @@ async def cmd_submit(client: Client, args) -> int:
     download = Path(args.download) if args.download else None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, disable=args.no_progress)
+    http = httpx.AsyncClient()
     with progress:
         bar = progress.add_task("submitting", total=len(tasks))
         async for event in client.submit(tasks, credentials=credentials, batch_id=batch_id or None):
@@ -115,7 +98,8 @@ async def cmd_submit(client: Client, args) -> int:
                 task = tasks[r.task_index]
                 row = {"task_index": r.task_index, "prompt": describe(task), "output_filename": r.output_filename}
                 if r.state == pb.SUCCEEDED:
-                    row["generated_files"] = save_files(r, download) if download else file_entries(r)
+                    row["generated_files"] = (await downloads.save_result(client, event.batch_id, r, download, http)
+                                              if download else [downloads.entry(f) for f in r.files])
                     row["provider"] = r.provider
                     report["successful_results"].append(row)
                     names = ", ".join(f.filename for f in r.files)
@@ -133,6 +117,7 @@ async def cmd_submit(client: Client, args) -> int:
                 report["summary"] = json_format.MessageToDict(s, always_print_fields_with_no_presence=True)
                 progress.console.print(f"[bold]batch {event.batch_id}[/]: {s.succeeded} succeeded, "
                                        f"{s.failed} failed, {s.cancelled} cancelled in {s.duration_ms / 1000:.2f}s")
+    await http.aclose()
     for key in ("successful_results", "failed_results"):
         report[key].sort(key=lambda row: row["task_index"])
     if args.out:
@@ -167,6 +152,19 @@ def _event_line(event: pb.BatchEvent) -> str:
         s = event.summary
         return f"{event.cursor} summary {s.succeeded} succeeded, {s.failed} failed, {s.cancelled} cancelled"
     return f"{event.cursor} {kind}"
+
+
+async def cmd_download(client: Client, args) -> int:
+    try:
+        counts = await downloads.download_batch(client, args.batch, directory=Path(args.dir) if args.dir else None,
+                                                zip_path=Path(args.zip) if args.zip else None)
+    except downloads.DownloadFailed as exc:
+        console.print(f"[red]download failed[/]: {exc}")
+        return 1
+    where = args.zip or args.dir
+    console.print(f"{counts['files']} files of {counts['tasks']} tasks written to {where}"
+                  + (f" ({counts['failed_tasks']} tasks had failed: no files)" if counts["failed_tasks"] else ""))
+    return 0
 
 
 async def cmd_cancel(client: Client, args) -> int:
@@ -218,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a tasks file and stream results as they finish")
     p.add_argument("file")
     p.add_argument("--out", help="write successful_results / failed_results JSON here")
-    p.add_argument("--download", help="save output files into this directory under their filenames")
+    p.add_argument("--download", help="save every output into DIR/<task index>/<filename> as results arrive")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_submit)
     p = sub.add_parser("status", help="a batch's counts")
@@ -230,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", default="", help="cursor to resume after")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_watch)
+    p = sub.add_parser("download", help="save every output of a batch (follows it until it ends)")
+    p.add_argument("batch")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dir", help="into DIR/<task index>/<filename> (existing files are kept)")
+    where.add_argument("--zip", help="into a new ZIP file (entries <task index>/<filename>)")
+    p.set_defaults(run=cmd_download)
     p = sub.add_parser("cancel", help="cancel a batch")
     p.add_argument("batch")
     p.set_defaults(run=cmd_cancel)

@@ -10,6 +10,12 @@ the batch id itself (so a resubmission after a failure before `accepted` is the 
 nothing runs twice), remembers the cursor of the last event it yielded, and when a stream
 breaks it re-attaches with `WatchBatch(batch_id, after_cursor)` on whichever gateway answers,
 with exponential backoff, up to `reattach_attempts` times.
+
+Files: results carry stored outputs as references (`OutputFile.object`, and on S3 a fresh
+presigned `url`); `download(batch_id, object)` streams one through the gateway, whatever the
+backend (`imagemesh.downloads` saves whole batches). Enhance images larger than
+`upload_threshold` are uploaded first (`upload_input`) and submitted by reference, so large
+inputs never ride in the request or the task queue.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from google.protobuf import struct_pb2
 
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
+
+UPLOAD_THRESHOLD = 256 * 1024
+UPLOAD_CHUNK = 1024 * 1024
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
@@ -45,14 +54,17 @@ def generate(prompt: str, output_filename: str = "", *, model: str = "", provide
     return task
 
 
-def enhance(image: bytes | str, output_filename: str = "", *, upscale: int = 2, restore_faces: bool = True,
-            fidelity: float = 0.5, only_center_face: bool = False, output_format: str = "png",
-            labels: dict[str, str] | None = None) -> pb.Task:
-    """An enhance task from image bytes or an http(s) URL."""
+def enhance(image: bytes | str | pb.StoredInput, output_filename: str = "", *, upscale: int = 2,
+            restore_faces: bool = True, fidelity: float = 0.5, only_center_face: bool = False,
+            output_format: str = "png", labels: dict[str, str] | None = None) -> pb.Task:
+    """An enhance task from image bytes, an http(s) URL, or an input uploaded with
+    `Client.upload_input`."""
     spec = pb.EnhanceSpec(upscale=upscale, restore_faces=restore_faces, fidelity=fidelity,
                           only_center_face=only_center_face, output_format=output_format)
     if isinstance(image, bytes):
         spec.image = image
+    elif isinstance(image, pb.StoredInput):
+        spec.image_object = image.object
     else:
         spec.image_url = image
     return pb.Task(output_filename=output_filename, labels=labels or {}, enhance=spec)
@@ -69,9 +81,10 @@ def cursor_key(cursor: str) -> tuple[int, int]:
 
 class Client:
     def __init__(self, target: str, api_key: str, *, reattach_attempts: int = 20,
-                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 64 * 1024 * 1024, upload_threshold: int = UPLOAD_THRESHOLD) -> None:
         self.target = target
         self.reattach_attempts = reattach_attempts
+        self.upload_threshold = upload_threshold
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._channel = grpc.aio.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -96,7 +109,41 @@ class Client:
         """Submit a batch and yield its events: `accepted`, each `result` as it finishes, `summary`."""
         request = pb.SubmitBatchRequest(tasks=list(tasks), credentials=credentials or {},
                                         batch_id=batch_id or new_batch_id(), priority=priority)
-        return self._follow(request.batch_id, lambda: self.api.SubmitBatch(request, metadata=self._metadata))
+        return self._submit(request)
+
+    async def _submit(self, request: pb.SubmitBatchRequest) -> AsyncIterator[pb.BatchEvent]:
+        await self._upload_large_images(request.tasks)
+        async for event in self._follow(request.batch_id,
+                                        lambda: self.api.SubmitBatch(request, metadata=self._metadata)):
+            yield event
+
+    async def _upload_large_images(self, tasks) -> None:
+        """Replace each enhance image over `upload_threshold` by an uploaded reference (kept
+        inline when the server stores nothing)."""
+        for task in tasks:
+            spec = task.enhance
+            if task.HasField("enhance") and spec.WhichOneof("source") == "image" and len(spec.image) > self.upload_threshold:
+                try:
+                    stored = await self.upload_input(spec.image, task.output_filename or "input")
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                        return
+                    raise
+                spec.image_object = stored.object
+
+    # -- files ---------------------------------------------------------------------------------
+    async def upload_input(self, data: bytes, filename: str = "input", content_type: str = "") -> pb.StoredInput:
+        """Store an input (an image to enhance) on the server; pass the result to `enhance`."""
+        def parts():
+            yield pb.UploadInputRequest(header=pb.UploadInputHeader(filename=filename, content_type=content_type))
+            for start in range(0, len(data), UPLOAD_CHUNK):
+                yield pb.UploadInputRequest(data=data[start:start + UPLOAD_CHUNK])
+        return await self.api.UploadInput(parts(), metadata=self._metadata)
+
+    def download(self, batch_id: str, obj: str) -> AsyncIterator[pb.FileChunk]:
+        """The chunks of a stored output (`OutputFile.object`) of one of your batches; the first
+        carries its size, content type and filename."""
+        return self.api.DownloadFile(pb.DownloadFileRequest(batch_id=batch_id, object=obj), metadata=self._metadata)
 
     def watch(self, batch_id: str, after_cursor: str = "") -> AsyncIterator[pb.BatchEvent]:
         """Every event of a batch after `after_cursor` (all if empty), then new ones until the summary."""

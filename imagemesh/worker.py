@@ -29,6 +29,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from imagemesh.errors import Internal, TaskFailure
 from imagemesh import metrics
+from imagemesh.frames import take_frame
 from imagemesh.podcost import PodDeletionCost
 from imagemesh.process import announce, stop_signal
 from imagemesh.v1 import imagemesh_pb2 as pb
@@ -111,6 +112,8 @@ class WorkerRuntime:
         self.max_message_bytes = max_message_bytes
         self.deletion_cost = deletion_cost
         self.running: dict[str, asyncio.Task] = {}
+        # The gateway connection while one is up: object transfers (imagemesh.uploads) use it.
+        self.channel: grpc.aio.Channel | None = None
         self.connected = asyncio.Event()
         self.draining = False
         self._results: list[wpb.AttemptResult] = []
@@ -136,6 +139,7 @@ class WorkerRuntime:
             except Exception:
                 log.exception("worker session failed")
             finally:
+                self.channel = None
                 self.connected.clear()
                 metrics.WORKER_CONNECTED.labels(self.pool).set(0)
                 await self._cancel_all()
@@ -153,6 +157,7 @@ class WorkerRuntime:
                    ("grpc.max_send_message_length", self.max_message_bytes),
                    ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
         async with grpc.aio.insecure_channel(self.gateway, options=options) as channel:
+            self.channel = channel
             stub = wpb_grpc.WorkerLinkStub(channel)
             call = stub.Connect(metadata=(("authorization", f"Bearer {self.api_key}"),))
             await call.write(wpb.WorkerMessage(
@@ -215,7 +220,9 @@ class WorkerRuntime:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox.wait(), self.heartbeat)
             self._outbox.clear()
-            results, self._results = self._results, []
+            results, self._results = take_frame(self._results)
+            if self._results:
+                self._outbox.set()  # the rest goes in the next frame
             returned, self._returned = self._returned, []
             stopping = self.draining or self._goaway.is_set()
             msg = wpb.WorkerMessage(results=results, returned=returned,

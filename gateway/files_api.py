@@ -1,0 +1,123 @@
+"""gRPC faces of `gateway.outputs`: they translate, `Outputs` decides.
+
+`FileTransfer` holds the public API's file calls (`ImageMesh.DownloadFile`, `UploadInput`) and
+is mixed into `ImageMeshServicer`; `WorkerObjectsServicer` is the embedded store's service for
+workers (`PutObject`, `GetObject`), separate from their `Connect` stream so that image bytes
+never travel in its frames.
+
+Status codes: NOT_FOUND (another tenant's file, expired, never stored), INVALID_ARGUMENT (no
+header first, a header twice, over the upload limit), PERMISSION_DENIED (a worker's grant does
+not cover the object), RESOURCE_EXHAUSTED (tenant's storage quota; an object over the grant's
+limit), FAILED_PRECONDITION (storage is off), UNAVAILABLE (the store or Redis failed; retry).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from redis.exceptions import RedisError
+
+from imagemesh.storage import ObjectNotFound, ObjectTooLarge, StorageError, StoredObject
+from imagemesh.storage.keys import filename_of
+from imagemesh.v1 import imagemesh_pb2 as pb
+from imagemesh.v1 import worker_pb2 as wpb
+from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
+
+from . import api  # api mixes FileTransfer in: use its helpers at call time, not import time
+from .outputs import Outputs, StorageDenied, StorageOff
+
+log = logging.getLogger("imagemesh.gateway.files")
+
+
+async def _body(requests, context, what: str) -> AsyncIterator[bytes]:
+    """The data parts after the header; a second header is a protocol error."""
+    async for msg in requests:
+        if msg.WhichOneof("part") != "data":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: only the first message may be the header")
+        yield msg.data
+
+
+async def _storage_failed(context, exc: Exception) -> None:
+    log.warning("storage call failed: %s", exc)
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "the object store is unavailable; retry")
+
+
+class FileTransfer:
+    """ImageMesh.DownloadFile and ImageMesh.UploadInput; needs `self.keys` and `self.service.outputs`."""
+
+    async def DownloadFile(self, request, context):
+        caller = await api.authenticate(self.keys, context, "client")
+        outputs: Outputs = self.service.outputs
+        try:
+            async with api.translated(context):
+                obj = await outputs.download(caller, request.batch_id, request.object)
+            first = True
+            async for chunk in obj.chunks:
+                if first:
+                    yield pb.FileChunk(data=chunk, size_bytes=obj.size, content_type=obj.content_type,
+                                       filename=filename_of(request.object))
+                    first = False
+                else:
+                    yield pb.FileChunk(data=chunk)
+            if first:  # an empty object still says what it is
+                yield pb.FileChunk(size_bytes=0, content_type=obj.content_type, filename=filename_of(request.object))
+        except StorageError as exc:
+            await _storage_failed(context, exc)
+
+    async def UploadInput(self, request_iterator, context):
+        caller = await api.authenticate(self.keys, context, "client")
+        outputs: Outputs = self.service.outputs
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "UploadInput: the first message must be the header")
+        try:
+            async with api.translated(context):
+                return await outputs.upload_input(caller, first.header, _body(request_iterator, context, "UploadInput"))
+        except StorageOff as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except StorageError as exc:
+            await _storage_failed(context, exc)
+
+
+class WorkerObjectsServicer(wpb_grpc.WorkerObjectsServicer):
+    def __init__(self, outputs: Outputs, keys) -> None:
+        self.outputs = outputs
+        self.keys = keys
+
+    async def PutObject(self, request_iterator, context):
+        await api.authenticate(self.keys, context, "worker")
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PutObject: the first message must be the header")
+        h = first.header
+        try:
+            size = await self.outputs.put_for_worker(h.token, h.object, h.content_type,
+                                                     _body(request_iterator, context, "PutObject"))
+        except StorageDenied as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except StorageOff as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ObjectTooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"PutObject: {exc}")
+        except StorageError as exc:
+            await _storage_failed(context, exc)
+        return wpb.PutObjectReply(object=h.object, size_bytes=size)
+
+    async def GetObject(self, request, context):
+        await api.authenticate(self.keys, context, "worker")
+        try:
+            obj: StoredObject = await self.outputs.open_for_worker(request.token, request.object)
+            first = True
+            async for chunk in obj.chunks:
+                yield wpb.ObjectData(data=chunk, size_bytes=obj.size if first else 0)
+                first = False
+        except StorageDenied as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except StorageOff as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ObjectNotFound:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "GetObject: no such object (expired?)")
+        except (StorageError, RedisError) as exc:
+            await _storage_failed(context, exc)
