@@ -48,3 +48,38 @@ def directory_store(tmp_path):
 @pytest.fixture(params=["directory", "s3"])
 def store(request):
     return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture
+def mesh_factory(redis_server, tmp_path):
+    """Meshes on a flushed Redis; every process is killed when the test ends."""
+    import redis as sync_redis
+
+    from tests.processes import Mesh
+
+    sync_redis.Redis.from_url(redis_server.url).flushall()
+    made: list[Mesh] = []
+
+    def make(**settings) -> Mesh:
+        m = Mesh(redis_server.url, tmp_path, **settings)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
+@pytest.fixture(params=["directory", "s3"])
+def backend(request, tmp_path):
+    """(name, gateway settings, the store itself) for each backend."""
+    if request.param == "directory":
+        root = tmp_path / "store"
+        return "directory", {"IMAGEMESH_STORAGE_URL": str(root)}, DirectoryStore(root)
+    from imagemesh.storage.s3 import S3Store
+
+    seaweed = request.getfixturevalue("seaweed")
+    prefix = "m" + secrets.token_hex(4)
+    store = S3Store(BUCKET, prefix=prefix, endpoint=seaweed.endpoint, access_key_id=ACCESS_KEY,
+                    secret_access_key=SECRET_KEY)
+    return "s3", s3_settings(seaweed, prefix), store

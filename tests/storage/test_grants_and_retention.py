@@ -1,0 +1,76 @@
+"""Storage grants (what a worker may write and read) and retention (expiry, bytes per tenant),
+against a real Redis and a real directory store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway.grants import Grants
+from gateway.retention import Retention
+from imagemesh.storage.keys import attempt_prefix, batch_prefix, inputs_prefix, object_key
+
+
+def test_a_grant_covers_its_own_attempt_only():
+    grants = Grants("a secret key")
+    mine = attempt_prefix("team-a", "b1", 3, 1)
+    grant = grants.verify(grants.issue(write_prefix=mine, reads=["team-a/b1/0/1/in.png"], max_bytes=100, ttl=60))
+    assert grant is not None and grant.max_bytes == 100
+    assert grant.may_write(object_key(mine, "out.png"))
+    assert not grant.may_write(object_key(attempt_prefix("team-a", "b1", 3, 2), "out.png")), "another attempt"
+    assert not grant.may_write(object_key(attempt_prefix("team-a", "b1", 4, 1), "out.png")), "another task"
+    assert not grant.may_write(mine + "0/x.png"), "a sibling prefix that merely starts the same"
+    assert grant.may_read("team-a/b1/0/1/in.png") and not grant.may_read("team-a/b1/0/1/other.png")
+
+
+def test_forged_tampered_foreign_and_expired_grants_are_refused():
+    grants = Grants("a secret key")
+    token = grants.issue(write_prefix="team-a/b1/0/1", reads=[], max_bytes=100, ttl=60)
+    version, payload, signature = token.split(".")
+    other = grants.issue(write_prefix="team-b/b9/0/1", reads=[], max_bytes=100, ttl=60).split(".")[1]
+    assert grants.verify(f"{version}.{other}.{signature}") is None
+    assert grants.verify(token[:-2] + "xx") is None
+    assert grants.verify("garbage") is None
+    assert Grants("another key").verify(token) is None
+    assert grants.verify(grants.issue(write_prefix="team-a/b1/0/1", reads=[], max_bytes=1, ttl=-1)) is None
+    assert Grants("a secret key").verify(token) is not None, "every gateway with the same key accepts it"
+
+
+async def chunks(data: bytes):
+    yield data
+
+
+async def test_sweep_deletes_expired_groups_and_gives_the_bytes_back(redis, directory_store):
+    retention = Retention(redis, retention=0.3)
+    old_batch, live_batch = batch_prefix("team-a", "old"), batch_prefix("team-a", "live")
+    upload = inputs_prefix("team-b", "u1")
+    for group, size in ((old_batch, 1000), (upload, 500)):
+        key = object_key(f"{group}/0/1" if "~inputs" not in group else group, "x.png")
+        await directory_store.put(key, chunks(b"x" * size), max_bytes=size)
+        await retention.record({group: size})
+    await directory_store.put(object_key(f"{live_batch}/0/1", "x.png"), chunks(b"y"), max_bytes=1)
+    await retention.record({live_batch: 1}, extra_seconds=60)
+    assert await retention.tenant_bytes("team-a") == 1001 and await retention.tenant_bytes("team-b") == 500
+    await asyncio.sleep(0.4)
+    assert await retention.sweep(directory_store) == 2
+    assert await directory_store.keys("team-a/old") == [] and await directory_store.keys("team-b/~inputs") == []
+    assert await directory_store.keys("team-a/live") == ["team-a/live/0/1/x.png"]
+    assert await retention.tenant_bytes("team-a") == 1 and await retention.tenant_bytes("team-b") == 0
+    assert await retention.sweep(directory_store) == 0
+
+
+async def test_a_result_recorded_after_a_claim_keeps_its_group_for_a_new_retention(redis, directory_store):
+    retention = Retention(redis, retention=0.2)
+    group = batch_prefix("team-a", "late")
+    await retention.record({group: 10})
+    await asyncio.sleep(0.3)
+    # A sweeper claims the group, then (before it forgets it) a late result is recorded.
+    now = int(time.time() * 1000)
+    claimed_until = now + 30_000
+    claimed = await retention._claim(keys=[retention.keys[0]], args=[now, claimed_until, 10])
+    assert [g.decode() for g in claimed] == [group]
+    retention.retention = 60
+    await retention.record({group: 5})
+    assert await retention._forget(keys=retention.keys, args=[claimed_until, group, "team-a"]) == 0
+    assert await retention.tenant_bytes("team-a") == 15
+    assert await retention.expiry_ms(group) > (time.time() + 50) * 1000
