@@ -180,7 +180,7 @@ class Outputs:
         group per gateway process)."""
         if group in self._indexed:
             return
-        await self.retention.record({group: 0}, extra_seconds=self.s.grant_ttl)
+        await self.retention.hold([group], self.s.grant_ttl)
         self._indexed[group] = None
         while len(self._indexed) > 4096:
             self._indexed.popitem(last=False)

@@ -7,11 +7,14 @@ All keys share the hash tag `{stored}` (one slot, scripts work on Redis Cluster)
     im:{stored}:exp      zset   group -> expiry (unix ms); only ever moved later (ZADD GT)
     im:{stored}:size     hash   group -> bytes recorded
     im:{stored}:tenant   hash   tenant segment -> bytes recorded (the quota's count)
+    im:{stored}:held     hash   group -> 1 while its expiry is only a placeholder
 
 A group's expiry is `retention` after its last recorded result (the batch's event log expires
-`retention` after its summary, so its objects live as long as it does); a group is indexed
-when its first attempt is assigned too, so objects of attempts that never report (a lost
-worker, an oversized second output) are collected with it.
+`retention` after its summary, so its objects live as long as it does). A group is also
+indexed when its first attempt is assigned, with a placeholder expiry (`retention` plus the
+longest an attempt may run) that its first recorded result replaces: objects of attempts that
+never report (a lost worker, an oversized second output) are collected with the batch even if
+no result of it ever records a byte.
 
 The sweep (every gateway runs one; they share the work): CLAIM moves due groups' expiry a
 little later (a sweeper that dies mid-way leaves them to the next), the store deletes each
@@ -38,10 +41,19 @@ from imagemesh.storage.keys import tenant_of
 
 log = logging.getLogger("imagemesh.gateway.retention")
 
-# KEYS[1] exp, KEYS[2] size, KEYS[3] tenant. ARGV: expiry ms, then (group, tenant, bytes)...
+# KEYS[1] exp, KEYS[2] size, KEYS[3] tenant, KEYS[4] held. ARGV: expiry ms, placeholder (0|1),
+# then (group, tenant, bytes)... A placeholder only indexes a group not indexed yet; a result
+# replaces a placeholder's expiry, and otherwise only ever moves an expiry later.
 _RECORD = """
-for i = 2, #ARGV, 3 do
-  redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[i])
+for i = 3, #ARGV, 3 do
+  local g = ARGV[i]
+  if ARGV[2] == '1' then
+    if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], g) == 1 then redis.call('HSET', KEYS[4], g, 1) end
+  elseif redis.call('HDEL', KEYS[4], g) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[1], g)
+  else
+    redis.call('ZADD', KEYS[1], 'GT', ARGV[1], g)
+  end
   if tonumber(ARGV[i + 2]) > 0 then
     redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 2])
     redis.call('HINCRBY', KEYS[3], ARGV[i + 1], ARGV[i + 2])
@@ -57,7 +69,7 @@ for _, g in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], g) end
 return due
 """
 
-# KEYS[1] exp, KEYS[2] size, KEYS[3] tenant. ARGV: claimed-until ms, then (group, tenant)...
+# KEYS[1] exp, KEYS[2] size, KEYS[3] tenant, KEYS[4] held. ARGV: claimed-until ms, then (group, tenant)...
 _FORGET = """
 local n = 0
 for i = 2, #ARGV, 2 do
@@ -67,6 +79,7 @@ for i = 2, #ARGV, 2 do
     local bytes = tonumber(redis.call('HGET', KEYS[2], g) or '0')
     redis.call('ZREM', KEYS[1], g)
     redis.call('HDEL', KEYS[2], g)
+    redis.call('HDEL', KEYS[4], g)
     if redis.call('HINCRBY', KEYS[3], ARGV[i + 1], -bytes) <= 0 then
       redis.call('HDEL', KEYS[3], ARGV[i + 1])
     end
@@ -83,18 +96,26 @@ class Retention:
         self.r = redis
         self.retention = retention
         self.claim_seconds = claim_seconds
-        self.keys = [f"{prefix}:{{stored}}:exp", f"{prefix}:{{stored}}:size", f"{prefix}:{{stored}}:tenant"]
+        self.keys = [f"{prefix}:{{stored}}:exp", f"{prefix}:{{stored}}:size", f"{prefix}:{{stored}}:tenant",
+                     f"{prefix}:{{stored}}:held"]
         self._record = redis.register_script(_RECORD)
         self._claim = redis.register_script(_CLAIM)
         self._forget = redis.register_script(_FORGET)
 
-    async def record(self, sizes: Mapping[str, int], *, extra_seconds: float = 0.0) -> None:
-        """Bytes stored per group (0: only make sure the group is indexed); each group then
-        expires `retention` (+ `extra_seconds`) from now, or later if it already did."""
+    async def record(self, sizes: Mapping[str, int]) -> None:
+        """Bytes stored per group; each group then expires `retention` from now (or later, if
+        a result recorded it so)."""
+        await self._write(sizes, self.retention, placeholder=False)
+
+    async def hold(self, groups: list[str], longest_attempt: float) -> None:
+        """Index groups not indexed yet, until `retention` + `longest_attempt` from now."""
+        await self._write({g: 0 for g in groups}, self.retention + longest_attempt, placeholder=True)
+
+    async def _write(self, sizes: Mapping[str, int], seconds: float, *, placeholder: bool) -> None:
         if not sizes:
             return
-        expiry = int((time.time() + self.retention + extra_seconds) * 1000)
-        args: list[str | int] = [expiry]
+        expiry = int((time.time() + seconds) * 1000)
+        args: list[str | int] = [expiry, int(placeholder)]
         for group, size in sizes.items():
             args += [group, tenant_of(group), int(size)]
         await self._record(keys=self.keys, args=args)

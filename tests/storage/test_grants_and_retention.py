@@ -49,7 +49,8 @@ async def test_sweep_deletes_expired_groups_and_gives_the_bytes_back(redis, dire
         await directory_store.put(key, chunks(b"x" * size), max_bytes=size)
         await retention.record({group: size})
     await directory_store.put(object_key(f"{live_batch}/0/1", "x.png"), chunks(b"y"), max_bytes=1)
-    await retention.record({live_batch: 1}, extra_seconds=60)
+    await Retention(redis, retention=60).record({live_batch: 1})
+    await retention.hold([old_batch, live_batch], 60)  # index entries already there are left as they are
     assert await retention.tenant_bytes("team-a") == 1001 and await retention.tenant_bytes("team-b") == 500
     await asyncio.sleep(0.4)
     assert await retention.sweep(directory_store) == 2
@@ -74,3 +75,19 @@ async def test_a_result_recorded_after_a_claim_keeps_its_group_for_a_new_retenti
     assert await retention._forget(keys=retention.keys, args=[claimed_until, group, "team-a"]) == 0
     assert await retention.tenant_bytes("team-a") == 15
     assert await retention.expiry_ms(group) > (time.time() + 50) * 1000
+
+
+async def test_the_first_result_replaces_a_placeholder_expiry_and_later_ones_only_extend_it(redis):
+    retention = Retention(redis, retention=10)
+    group = batch_prefix("team-a", "b1")
+    await retention.hold([group], 600)
+    assert await retention.expiry_ms(group) > (time.time() + 600) * 1000
+    await retention.record({group: 5})
+    first = await retention.expiry_ms(group)
+    assert first < (time.time() + 11) * 1000, "the placeholder is replaced by retention from the result"
+    await retention.hold([group], 600)
+    assert await retention.expiry_ms(group) == first, "a placeholder never moves a recorded expiry"
+    await asyncio.sleep(0.01)
+    await retention.record({group: 5})
+    assert await retention.expiry_ms(group) > first
+    assert await retention.tenant_bytes("team-a") == 10

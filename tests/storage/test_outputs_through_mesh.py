@@ -16,7 +16,6 @@ from imagemesh.storage.keys import attempt_prefix, object_key
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
 from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
-from tests.outputs import output_bytes
 from tests.processes import CLIENT_KEY, OTHER_CLIENT_KEY, SECRET_KEY, WORKER_KEY
 
 
