@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
            "IMAGEMESH_SECRET_KEY": "aW1hZ2VtZXNoLWRlbW8ta2V5LW5vdC1mb3ItcHJvZCE=",  # demo only
            "IMAGEMESH_GATEWAY": gateway, "IMAGEMESH_API_KEY": WORKER_KEY,
            "IMAGEMESH_METRICS_PORT": "0", "IMAGEMESH_HEALTH_PORT": "0",
-           "IMAGEMESH_LOCAL_LATENCY_MS": "300", "IMAGEMESH_CAPACITY": "4"}
+           "IMAGEMESH_LOCAL_LATENCY_MS": "300", "IMAGEMESH_CAPACITY": "4",
+           # The embedded store: outputs are files under this directory, served by DownloadFile.
+           "IMAGEMESH_STORAGE_URL": str(tmp / "store")}
     children: list[Child] = []
     py = sys.executable
     print(f"starting redis-server :{redis_port}, a gateway on {gateway}, 2 generation workers, 1 enhance worker")
@@ -125,11 +127,13 @@ def main(argv: list[str] | None = None) -> None:
         except SystemExit as exc:
             if exc.code not in (0, 1):
                 raise
-        print(f"\noutputs saved under {tmp / 'outputs'}; results in {out}")
+        print(f"\noutputs stored under {tmp / 'store'} (the gateway's embedded store), "
+              f"downloaded to {tmp / 'outputs'}/<task>/; results in {out}")
         if args.keep:
             print("\nThe mesh keeps running (Ctrl-C stops it). In another terminal:\n"
                   f"  export IMAGEMESH_GATEWAY={gateway} IMAGEMESH_API_KEY={CLIENT_KEY}\n"
                   f"  .venv/bin/imagemesh submit examples/tasks.json --download out/\n"
+                  f"  .venv/bin/imagemesh download BATCH --zip batch.zip\n"
                   f"  (admin: IMAGEMESH_API_KEY={ADMIN_KEY} .venv/bin/imagemesh keys)")
             # Ctrl-C or SIGTERM stops the mesh (explicitly: a shell may start us with SIGINT ignored).
             signal.signal(signal.SIGTERM, signal.default_int_handler)
