@@ -2,8 +2,9 @@
 
 `FileTransfer` holds the public API's file calls (`ImageMesh.DownloadFile`, `UploadInput`) and
 is mixed into `ImageMeshServicer`; `WorkerObjectsServicer` is the embedded store's service for
-workers (`PutObject`, `GetObject`), separate from their `Connect` stream so that image bytes
-never travel in its frames.
+workers (`PutObject`, `GetObject`, and `PutSmallObjects`, one long-lived stream per worker for
+objects of at most SMALL_OBJECT_BYTES), separate from their `Connect` stream so that image
+bytes never travel in its frames.
 
 Status codes: NOT_FOUND (another tenant's file, expired, never stored), INVALID_ARGUMENT (no
 header first, a header twice, over the upload limit), PERMISSION_DENIED (a worker's grant does
@@ -13,7 +14,10 @@ limit), FAILED_PRECONDITION (storage is off), UNAVAILABLE (the store or Redis fa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -27,6 +31,11 @@ from imagemesh.v1 import worker_pb2_grpc as wpb_grpc
 
 from . import api  # api mixes FileTransfer in: use its helpers at call time, not import time
 from .outputs import Outputs, StorageDenied, StorageOff
+
+SMALL_OBJECT_BYTES = 256 * 1024
+# Objects written in one trip to the store, and objects one worker may have waiting at most.
+SMALL_GROUP = 256
+MAX_PENDING_SMALL = 16384
 
 log = logging.getLogger("imagemesh.gateway.files")
 
@@ -104,6 +113,67 @@ class WorkerObjectsServicer(wpb_grpc.WorkerObjectsServicer):
         except StorageError as exc:
             await _storage_failed(context, exc)
         return wpb.PutObjectReply(object=h.object, size_bytes=size)
+
+    async def PutSmallObjects(self, request_iterator, context):
+        """Objects stored as they come, each answered with a receipt; a refused object fails
+        alone (its receipt says why), the stream goes on. Objects that arrive while a group is
+        being written form the next group: one trip to the store serves all of them, so the
+        rate follows the load instead of one trip per message."""
+        await api.authenticate(self.keys, context, "worker")
+        pending: deque = deque()
+        arrived = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    pending.extend(request.objects)
+                    arrived.set()
+                    if len(pending) > MAX_PENDING_SMALL:
+                        raise ObjectTooLarge(MAX_PENDING_SMALL)  # a worker that never waits for receipts
+            finally:
+                arrived.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                await arrived.wait()
+                arrived.clear()
+                if not pending:
+                    if reader.done():
+                        break
+                    continue
+                group = [pending.popleft() for _ in range(min(len(pending), SMALL_GROUP))]
+                if pending:
+                    arrived.set()
+                done = await self.outputs.put_small_for_worker(
+                    [(o.token, o.object, o.content_type, o.data) for o in group], SMALL_OBJECT_BYTES)
+                yield wpb.PutSmallObjectsReply(receipts=self._receipts(group, done))
+            if reader.exception() is not None and isinstance(reader.exception(), ObjectTooLarge):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"PutSmallObjects: more than {MAX_PENDING_SMALL} objects waiting")
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    @staticmethod
+    def _receipts(group, done) -> list[wpb.ObjectReceipt]:
+        receipts = []
+        for o, outcome in zip(group, done):
+            receipt = wpb.ObjectReceipt(id=o.id)
+            if isinstance(outcome, int):
+                receipt.size_bytes = outcome
+            elif isinstance(outcome, StorageDenied):
+                receipt.error_code, receipt.error = "PERMISSION_DENIED", str(outcome)
+            elif isinstance(outcome, StorageOff):
+                receipt.error_code, receipt.error = "FAILED_PRECONDITION", str(outcome)
+            elif isinstance(outcome, ObjectTooLarge):
+                receipt.error_code, receipt.error = "RESOURCE_EXHAUSTED", f"PutSmallObjects: {outcome}"
+            else:
+                log.warning("storage call failed: %s", outcome)
+                receipt.error_code, receipt.error = "UNAVAILABLE", "the object store is unavailable; retry"
+            receipts.append(receipt)
+        return receipts
 
     async def GetObject(self, request, context):
         await api.authenticate(self.keys, context, "worker")

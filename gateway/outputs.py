@@ -298,6 +298,25 @@ class Outputs:
         grant = self.grant_for(token, obj, write=True)
         return await self.store.put(obj, chunks, content_type=content_type, max_bytes=grant.max_bytes)  # type: ignore[union-attr]
 
+    async def put_small_for_worker(self, items: list[tuple[str, str, str, bytes]],
+                                   max_bytes: int) -> list[int | Exception]:
+        """Small objects (token, object, content type, data) written together; per object its
+        size, or StorageDenied / StorageOff / ObjectTooLarge / StorageError for that one alone."""
+        out: list[int | Exception | None] = []
+        allowed = []
+        for token, obj, content_type, data in items:
+            try:
+                grant = self.grant_for(token, obj, write=True)
+                if len(data) > min(max_bytes, grant.max_bytes):
+                    raise ObjectTooLarge(min(max_bytes, grant.max_bytes))
+            except (StorageDenied, StorageOff, ObjectTooLarge) as exc:
+                out.append(exc)
+                continue
+            out.append(None)
+            allowed.append((obj, data, content_type))
+        written = iter(await self.store.put_many(allowed) if allowed else [])  # type: ignore[union-attr]
+        return [next(written) if r is None else r for r in out]
+
     async def open_for_worker(self, token: str, obj: str) -> StoredObject:
         """Raises StorageDenied, StorageOff, ObjectNotFound, StorageError."""
         self.grant_for(token, obj, write=False)

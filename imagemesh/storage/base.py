@@ -1,6 +1,7 @@
 """The one small interface every storage backend has, and its errors.
 
     store.put(key, chunks, content_type=..., max_bytes=N) -> size     streams in, never whole
+    store.put_many([(key, data, content_type)...]) -> [size | error]  small objects, in one go
     store.open(key) -> StoredObject(size, content_type, chunks)       streams out
     store.delete_prefix(prefix)                                       a batch's objects, at expiry
     store.keys(prefix)                                                what is there (sweeps, tests)
@@ -56,6 +57,11 @@ class ObjectStore(Protocol):
                   max_bytes: int) -> int:
         """Write the chunks as one object (atomically: a reader sees all of it or nothing).
         Raises ObjectTooLarge past `max_bytes`, StorageError."""
+        ...
+
+    async def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> list[int | StorageError]:
+        """Small objects (key, data, content type) held in memory already, written together;
+        each one's size, or the error that stopped that one alone."""
         ...
 
     async def open(self, key: str, *, chunk_bytes: int = CHUNK_BYTES) -> StoredObject:

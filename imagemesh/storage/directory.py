@@ -4,8 +4,13 @@
 
 A put writes `.<name>.<random>.part` beside the target and renames it into place when the last
 chunk is in, so a reader never sees half an object and a failed or oversized put leaves
-nothing. Small objects (under `FLUSH_BYTES`) are written with one hop to a thread; larger ones
-are written chunk by chunk as they arrive, so memory stays at one chunk whatever the size.
+nothing. Larger objects are written chunk by chunk in a thread as they arrive, so memory stays
+at one chunk whatever the size. Small ones come in groups (`put_many`, from the workers'
+`PutSmallObjects` stream) and a group is written in one trip to a thread, so the event loop
+never waits for the disk (0.1-0.5 ms per small object here, most of it the two mkdir calls of
+a new task's directories; known directories are remembered). The thread is slowed by the GIL
+(it waits for it after each filesystem call while the loop is busy), but the objects that
+arrive meanwhile make the next group larger, so the rate follows the load.
 
 Several gateways can share one store only through a shared directory (one machine, or a
 ReadWriteMany volume); otherwise use S3.
@@ -19,6 +24,7 @@ import os
 import secrets
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections import OrderedDict
 from pathlib import Path
 
 from .base import CHUNK_BYTES, ObjectNotFound, ObjectTooLarge, StorageError, StoredObject, content_type_of
@@ -32,6 +38,7 @@ class DirectoryStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
+        self._dirs: OrderedDict[Path, None] = OrderedDict()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -75,6 +82,53 @@ class DirectoryStore:
                 part.unlink()
             raise
         return size
+
+    async def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> list[int | StorageError]:
+        paths = []
+        for key, _data, _type in items:
+            try:
+                paths.append(self.path(key))
+            except ValueError as exc:
+                paths.append(StorageError(str(exc)))
+
+        def write_all() -> list[int | StorageError]:
+            done: list[int | StorageError] = []
+            for target, (_key, data, _type) in zip(paths, items):
+                if isinstance(target, StorageError):
+                    done.append(target)
+                    continue
+                part = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+                try:
+                    self._make_dirs(target.parent)
+                    with open(part, "xb") as handle:
+                        handle.write(data)
+                    os.replace(part, target)
+                    done.append(len(data))
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        part.unlink()
+                    done.append(StorageError(f"cannot write an object: {exc.strerror}"))
+            return done
+
+        return await asyncio.to_thread(write_all)
+
+    def _make_dirs(self, path: Path) -> None:
+        """Create `path` and any missing parents, remembering the ones that exist (a task's
+        two new directories cost two mkdir calls, nothing is asked twice)."""
+        if path in self._dirs:  # (a thread may race another here: mkdir's EEXIST is fine)
+            return
+        missing = []
+        while path not in self._dirs and path != self.root:
+            missing.append(path)
+            path = path.parent
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                pass
+            self._dirs[directory] = None
+        while len(self._dirs) > 4096:
+            self._dirs.popitem(last=False)
 
     async def open(self, key: str, *, chunk_bytes: int = CHUNK_BYTES) -> StoredObject:
         path = self.path(key)

@@ -18,6 +18,7 @@ never carries a URL, which may hold a signature).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import timedelta
 
@@ -80,6 +81,16 @@ class S3Store:
                 raise ObjectTooLarge(max_bytes) from None
             raise StorageError(f"S3 put failed: {type(exc).__name__}") from None
         return size
+
+    async def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> list[int | StorageError]:
+        async def one(key: str, data: bytes, content_type: str) -> int | StorageError:
+            try:
+                await obstore.put_async(self._store, check(key), data,
+                                        attributes={"Content-Type": content_type or content_type_of(key)})
+                return len(data)
+            except Exception as exc:
+                return StorageError(f"S3 put failed: {type(exc).__name__}")
+        return list(await asyncio.gather(*(one(*item) for item in items)))
 
     async def open(self, key: str, *, chunk_bytes: int = CHUNK_BYTES) -> StoredObject:
         try:

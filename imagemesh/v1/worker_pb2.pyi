@@ -190,3 +190,41 @@ class ObjectData(_message.Message):
     data: bytes
     size_bytes: int
     def __init__(self, data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class SmallObject(_message.Message):
+    __slots__ = ("id", "object", "token", "content_type", "data")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    object: str
+    token: str
+    content_type: str
+    data: bytes
+    def __init__(self, id: _Optional[int] = ..., object: _Optional[str] = ..., token: _Optional[str] = ..., content_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutSmallObjectsRequest(_message.Message):
+    __slots__ = ("objects",)
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[SmallObject]
+    def __init__(self, objects: _Optional[_Iterable[_Union[SmallObject, _Mapping]]] = ...) -> None: ...
+
+class ObjectReceipt(_message.Message):
+    __slots__ = ("id", "size_bytes", "error_code", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    size_bytes: int
+    error_code: str
+    error: str
+    def __init__(self, id: _Optional[int] = ..., size_bytes: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class PutSmallObjectsReply(_message.Message):
+    __slots__ = ("receipts",)
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    receipts: _containers.RepeatedCompositeFieldContainer[ObjectReceipt]
+    def __init__(self, receipts: _Optional[_Iterable[_Union[ObjectReceipt, _Mapping]]] = ...) -> None: ...

@@ -116,6 +116,11 @@ class WorkerObjectsStub:
                 request_serializer=imagemesh_dot_v1_dot_worker__pb2.GetObjectRequest.SerializeToString,
                 response_deserializer=imagemesh_dot_v1_dot_worker__pb2.ObjectData.FromString,
                 _registered_method=True)
+        self.PutSmallObjects = channel.stream_stream(
+                '/imagemesh.v1.WorkerObjects/PutSmallObjects',
+                request_serializer=imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsRequest.SerializeToString,
+                response_deserializer=imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsReply.FromString,
+                _registered_method=True)
 
 
 class WorkerObjectsServicer:
@@ -133,6 +138,12 @@ class WorkerObjectsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutSmallObjects(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerObjectsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +156,11 @@ def add_WorkerObjectsServicer_to_server(servicer, server):
                     servicer.GetObject,
                     request_deserializer=imagemesh_dot_v1_dot_worker__pb2.GetObjectRequest.FromString,
                     response_serializer=imagemesh_dot_v1_dot_worker__pb2.ObjectData.SerializeToString,
+            ),
+            'PutSmallObjects': grpc.stream_stream_rpc_method_handler(
+                    servicer.PutSmallObjects,
+                    request_deserializer=imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsRequest.FromString,
+                    response_serializer=imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -201,6 +217,33 @@ class WorkerObjects:
             '/imagemesh.v1.WorkerObjects/GetObject',
             imagemesh_dot_v1_dot_worker__pb2.GetObjectRequest.SerializeToString,
             imagemesh_dot_v1_dot_worker__pb2.ObjectData.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSmallObjects(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/imagemesh.v1.WorkerObjects/PutSmallObjects',
+            imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsRequest.SerializeToString,
+            imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsReply.FromString,
             options,
             channel_credentials,
             insecure,

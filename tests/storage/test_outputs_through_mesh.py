@@ -128,3 +128,36 @@ async def test_a_grant_never_lets_a_worker_write_another_attempts_objects(mesh_f
         assert refused.value.code().name == code
     assert (root / mine / "ok.png").read_bytes() == b"fine"
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["ok.png"], "nothing else was written"
+
+
+async def test_small_objects_share_one_stream_and_a_refused_one_fails_alone(mesh_factory, tmp_path):
+    root = tmp_path / "store"
+    m = started(mesh_factory, {"IMAGEMESH_STORAGE_URL": str(root)})
+    grants = Grants(SECRET_KEY)
+    mine = attempt_prefix("team-a", "b2", 0, 1)
+    token = grants.issue(write_prefix=mine, reads=[], max_bytes=1000, ttl=60)
+    objects = [wpb.SmallObject(id=1, object=object_key(mine, "a.png"), token=token, data=b"first"),
+               wpb.SmallObject(id=2, object=object_key(attempt_prefix("team-a", "b2", 0, 2), "a.png"),
+                               token=token, data=b"another attempt's"),
+               wpb.SmallObject(id=3, object=object_key(mine, "big.png"), token=token, data=b"x" * 1001),
+               wpb.SmallObject(id=4, object=object_key(mine, "b.png"), token=token, data=b"second")]
+
+    async def requests():
+        yield wpb.PutSmallObjectsRequest(objects=objects[:2])
+        yield wpb.PutSmallObjectsRequest(objects=objects[2:])
+
+    async with grpc.aio.insecure_channel(m.address) as channel:
+        call = wpb_grpc.WorkerObjectsStub(channel).PutSmallObjects(
+            requests(), metadata=(("authorization", f"Bearer {WORKER_KEY}"),))
+        receipts = {}
+        async for reply in call:
+            receipts.update({r.id: r for r in reply.receipts})
+            if len(receipts) == 4:
+                break
+        call.cancel()
+    assert (receipts[1].error_code, receipts[1].size_bytes) == ("", 5)
+    assert receipts[2].error_code == "PERMISSION_DENIED"
+    assert receipts[3].error_code == "RESOURCE_EXHAUSTED"
+    assert (receipts[4].error_code, receipts[4].size_bytes) == ("", 6)
+    assert (root / mine / "a.png").read_bytes() == b"first" and (root / mine / "b.png").read_bytes() == b"second"
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["a.png", "b.png"]
