@@ -17,6 +17,7 @@ from imagemesh.worker import HealthServer, WorkerRuntime, serve
 
 from .executor import GenerateExecutor
 from .providers import build_providers
+from .providers.http import new_client
 from .providers.local import LocalProvider
 from .retry import RetryPolicy
 from .settings import WorkerSettings
@@ -30,7 +31,9 @@ async def amain(s: WorkerSettings) -> int:
                                  "openai": s.openai_base_url})
     providers["replicate"].prefer_wait = max(0, min(60, s.replicate_prefer_wait))
     providers["local"] = LocalProvider(latency=s.local_latency_ms / 1000)
-    objects = ObjectLink(http=http, api_key=s.api_key)
+    # Uploads to presigned URLs get sharded pools too (one per 4 slots), for the same reason.
+    storage_http = [new_client(max_connections=8) for _ in range(max(1, s.capacity // 4))]
+    objects = ObjectLink(http=storage_http, api_key=s.api_key)
     executor = GenerateExecutor(providers, policy=RetryPolicy(max_tries=s.max_tries), http=http,
                                 inline_max_bytes=s.inline_max_bytes, allow_private_urls=s.allow_private_urls,
                                 default_models=parse_mapping(s.default_models), objects=objects)
@@ -45,6 +48,9 @@ async def amain(s: WorkerSettings) -> int:
     await serve(runtime, health, s.drain_seconds)
     for provider in providers.values():
         await provider.aclose()
+    await objects.aclose()
+    for client in storage_http:
+        await client.aclose()
     await http.aclose()
     return 0
 

@@ -34,7 +34,7 @@ import contextlib
 import itertools
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -165,9 +165,15 @@ class SmallObjectStream:
 
 
 class ObjectLink:
-    def __init__(self, *, http: httpx.AsyncClient, api_key: str,
+    """`http`: the client (or clients, used in turn) for presigned URLs. Several small pools
+    beat one large one when many uploads run at once: httpcore's pool costs CPU that grows with
+    the square of its connections (see gen_worker.providers.http)."""
+
+    def __init__(self, *, http: httpx.AsyncClient | Sequence[httpx.AsyncClient], api_key: str,
                  channel: Callable[[], grpc.aio.Channel | None] | None = None) -> None:
-        self.http = http
+        clients = [http] if isinstance(http, httpx.AsyncClient) else list(http)
+        self.http = clients[0]
+        self._clients = itertools.cycle(clients)
         self.channel = channel or (lambda: None)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._small: SmallObjectStream | None = None
@@ -238,7 +244,7 @@ class ObjectLink:
                 yield chunk
 
         try:
-            response = await self.http.put(url, content=counted(), timeout=httpx.Timeout(60.0, connect=10.0),
+            response = await next(self._clients).put(url, content=counted(), timeout=httpx.Timeout(60.0, connect=10.0),
                                            headers={"Content-Type": content_type or "application/octet-stream",
                                                     "Content-Length": str(length)})
         except httpx.TransportError as exc:
@@ -336,7 +342,7 @@ class ObjectLink:
     async def _get_url(self, url: str, max_bytes: int, what: str) -> bytes:
         # A URL the gateway signed for its own store: trusted (no public-address rule).
         try:
-            async with self.http.stream("GET", url, timeout=httpx.Timeout(60.0, connect=10.0)) as response:
+            async with next(self._clients).stream("GET", url, timeout=httpx.Timeout(60.0, connect=10.0)) as response:
                 if response.status_code in (403, 404):
                     raise InvalidInput(f"{what}: the stored object is gone (expired?)")
                 if response.status_code >= 300:
