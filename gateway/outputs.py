@@ -189,9 +189,17 @@ class Outputs:
     async def accept(self, results: list[tuple[str, int, int, wpb.AttemptResult]]) -> None:
         """Check and count the stored files of attempt results (batch_id, index, attempt, result),
         before they are recorded. A file outside its attempt's prefix fails that result
-        (INTERNAL): a worker can't make a result point at someone else's object."""
+        (INTERNAL): a worker can't make a result point at someone else's object. Inline bytes
+        over `inline_max_bytes` fail it too (OUTPUT_TOO_LARGE): they would go to Redis."""
         sizes: dict[str, int] = {}
         for batch_id, index, attempt, r in results:
+            inline = max((len(f.data) for f in r.files if f.WhichOneof("location") == "data"), default=0)
+            if inline > self.s.inline_max_bytes:
+                del r.files[:]
+                r.state = pb.FAILED
+                r.error.CopyFrom(pb.TaskError(code="OUTPUT_TOO_LARGE", message=(
+                    f"an inline output of {inline} bytes is over the limit of {self.s.inline_max_bytes}")))
+                continue
             stored = [f for f in r.files if f.object]
             if not stored:
                 continue

@@ -205,6 +205,7 @@ class Session:
     """A `Stream` call: `await add(task)`, `await close()`, `async for event in events()`."""
 
     def __init__(self, client: Client, open_msg: pb.StreamOpen) -> None:
+        self._client = client
         self.batch_id = open_msg.batch_id
         self._queue: asyncio.Queue[pb.StreamRequest | None] = asyncio.Queue(maxsize=1024)
         self._queue.put_nowait(pb.StreamRequest(open=open_msg))
@@ -218,7 +219,10 @@ class Session:
             yield msg
 
     async def add(self, task: pb.Task) -> None:
-        await self._queue.put(pb.StreamRequest(task=task))
+        """Send a task (a large enhance image is uploaded first, as `Client.submit` does)."""
+        request = pb.StreamRequest(task=task)
+        await self._client._upload_large_images([request.task])
+        await self._queue.put(request)
 
     async def close(self) -> None:
         await self._queue.put(pb.StreamRequest(close=pb.StreamClose()))
