@@ -62,7 +62,8 @@ async def run(rig: R.Rig) -> dict:
         async with R.started_mesh(rig, "head_of_line", workers=2, IMAGEMESH_KEY_LIMITS=f"replicate={B_LIMIT}",
                                   IMAGEMESH_KEY_ALIASES=f"{R.key_id('replicate', A_TOKEN)}=tenant-a",
                                   worker_settings={"IMAGEMESH_CAPACITY": "16",
-                                                   "IMAGEMESH_REPLICATE_BASE_URL": fake.url}) as m:
+                                                   "IMAGEMESH_REPLICATE_BASE_URL": fake.url,
+                                                   "IMAGEMESH_ALLOW_PRIVATE_URLS": "1"}) as m:
             async with Client(m.address, R.ADMIN_KEY) as admin:
                 info = await admin.set_key_limit(R.key_id("replicate", A_TOKEN), A_LIMIT)
                 if info.limit != A_LIMIT:

@@ -60,7 +60,8 @@ async def _mesh(rig: R.Rig) -> dict:
         async with R.started_mesh(rig, "key_limits", workers=2,
                                   IMAGEMESH_KEY_LIMITS=f"replicate={LIMIT},local={LIMIT}",
                                   worker_settings={"IMAGEMESH_CAPACITY": "16",
-                                                   "IMAGEMESH_REPLICATE_BASE_URL": fake.url}) as m:
+                                                   "IMAGEMESH_REPLICATE_BASE_URL": fake.url,
+                                                   "IMAGEMESH_ALLOW_PRIVATE_URLS": "1"}) as m:
             # Warm-up: connections to the fake, the keys' lease state.
             await _through_mesh(m.address, replicate_tasks(16, prefix="w"), {"replicate": TOKEN})
             await _through_mesh(m.address, local_tasks(16, prefix="w", latency_ms=int(LATENCY * 1000)), None)

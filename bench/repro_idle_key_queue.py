@@ -28,7 +28,8 @@ async def main(rig: R.Rig) -> None:
     with R.FakeProvider(latency=0.0) as fake:
         async with R.started_mesh(rig, "repro", workers=2, IMAGEMESH_KEY_LIMITS="local=0,replicate=0",
                                   worker_settings={"IMAGEMESH_CAPACITY": "32",
-                                                   "IMAGEMESH_REPLICATE_BASE_URL": fake.url}) as m:
+                                                   "IMAGEMESH_REPLICATE_BASE_URL": fake.url,
+                                                   "IMAGEMESH_ALLOW_PRIVATE_URLS": "1"}) as m:
             for i, phase in enumerate(("one key", "one key", None, "after 2nd key", "after 2nd key")):
                 if phase is None:
                     await run_batches(m.address, R.CLIENT_KEY, [replicate_tasks(10)], credentials={"replicate": "tok"})

@@ -27,7 +27,8 @@ async def _one(rig: R.Rig, fake: R.FakeProvider, gateways: int, workers: int, n:
     async with R.started_mesh(rig, f"scale_out_{gateways}g{workers}w", gateways=gateways, workers=workers,
                               IMAGEMESH_KEY_LIMITS="replicate=0",
                               worker_settings={"IMAGEMESH_CAPACITY": str(CAPACITY),
-                                               "IMAGEMESH_REPLICATE_BASE_URL": fake.url}) as m:
+                                               "IMAGEMESH_REPLICATE_BASE_URL": fake.url,
+                                                   "IMAGEMESH_ALLOW_PRIVATE_URLS": "1"}) as m:
         addresses = [g.values["GATEWAY"] for g in m.gateways]
         await run_batches(addresses[0], R.CLIENT_KEY, [replicate_tasks(2 * CAPACITY * workers, prefix="w")],
                           credentials={"replicate": TOKEN}, addresses=addresses)  # warm-up

@@ -61,7 +61,8 @@ async def run(rig: R.Rig) -> dict:
     with R.FakeProvider(latency=0.05) as fake:
         async with R.started_mesh(rig, "streaming", workers=2, IMAGEMESH_KEY_LIMITS="replicate=0",
                                   worker_settings={"IMAGEMESH_CAPACITY": "64",
-                                                   "IMAGEMESH_REPLICATE_BASE_URL": fake.url}) as m:
+                                                   "IMAGEMESH_REPLICATE_BASE_URL": fake.url,
+                                                   "IMAGEMESH_ALLOW_PRIVATE_URLS": "1"}) as m:
             await _mesh(m.address, [0.05] * TASKS, -1)  # warm-up
             await _gather(fake.url, [0.05] * TASKS)
             for rep in range(reps):

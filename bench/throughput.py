@@ -57,7 +57,8 @@ async def run(rig: R.Rig) -> dict:
     celery_url = rig.redis_url.rsplit("/", 1)[0] + "/1"
     redis_pid = rig.redis.proc.pid
     with R.FakeProvider(latency=0.0) as fake:
-        settings = dict(IMAGEMESH_KEY_LIMITS="local=0,replicate=0",
+        # Outputs inline, as before storage existed (scenario 8 measures the stores beside it).
+        settings = dict(IMAGEMESH_KEY_LIMITS="local=0,replicate=0", IMAGEMESH_STORAGE_URL="none",
                         worker_settings={"IMAGEMESH_CAPACITY": CAPACITY, "IMAGEMESH_REPLICATE_BASE_URL": fake.url})
         async with R.started_mesh(rig, "throughput", workers=2, **settings) as m:
             with celery_workers(celery_url, 2, rig.log_dir("throughput")) as cprocs:
@@ -127,6 +128,8 @@ def summarize(runs: dict[str, list[dict]], n: int, n_ref: int) -> dict:
                   f"medians with [min–max]. Tasks submitted as batches of {BATCH} at once; worker capacity {CAPACITY}.",
                   "The ceiling uses the offline `local` provider (latency 0, 16×16 PNG); the fake-Replicate row goes "
                   "through real HTTP on loopback (httpx → aiohttp) and is for reference only.",
+                  "Outputs travel inline here (IMAGEMESH_STORAGE_URL=none, as before storage existed); scenario 8 "
+                  "runs the same ceiling with outputs in the embedded store and in S3.",
                   f"mesh/Celery ratio per repetition: {ratio['values']}",
                   f"CPU per 1 000 tasks of the whole mesh run (gateway + workers + this client + Redis): "
                   f"{fmt(spread(total, 3))} s; on {cores} cores that alone bounds the end-to-end rate at "

@@ -38,6 +38,7 @@ async def amain(s: EnhanceSettings) -> int:
                             api_key=s.api_key, device=engine.device, heartbeat=s.heartbeat_interval,
                             max_message_bytes=s.max_message_bytes,
                             deletion_cost=PodDeletionCost.from_environment(), tls=tls)
+    engine.objects.channel = lambda: runtime.channel  # outputs go to storage beside the Connect stream
     await serve(runtime, health, s.drain_seconds)
     await engine.close()
     return 0

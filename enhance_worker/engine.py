@@ -4,9 +4,11 @@
     result = await engine.run(assignment)            # any number at once; the worker caps them
     await engine.close()
 
-Per image: fetch (bytes, `image_url`, or the generated outputs of a `then_enhance` stage) →
-probe the header and check the size limits → wait for admission by cost (megapixels ×
-upscale², `CostBudget`) → decode → infer → encode (png/jpg/webp). Decoding and encoding run
+Per image: fetch (bytes, `image_url`, a stored input — an upload or the generated outputs of a
+`then_enhance` stage — through `imagemesh.uploads`) → probe the header and check the size
+limits → wait for admission by cost (megapixels × upscale², `CostBudget`) → decode → infer →
+encode (png/jpg/webp) → write to the assignment's upload target (or inline when it has none),
+so a ×4 result of tens of megabytes never rides the worker's stream. Decoding and encoding run
 in the default thread pool; inference runs on ONE dedicated thread (the models keep per-image
 state, and one image at a time already fills a GPU or the CPU cores), so the event loop — and
 the worker's heartbeats — never wait for the model.
@@ -32,7 +34,8 @@ import httpx
 
 from imagemesh import metrics
 from imagemesh.errors import Internal, InvalidInput, TaskFailure, Unavailable
-from imagemesh.filenames import sanitize, with_content_type
+from imagemesh import filenames
+from imagemesh.uploads import Body, ObjectLink
 from imagemesh.urlguard import fetch_bytes
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
@@ -102,7 +105,7 @@ class EnhanceEngine:
     """Runs enhance assignments on models loaded once. Build with `create`."""
 
     def __init__(self, models, settings: EnhanceSettings, executor: ThreadPoolExecutor,
-                 http: httpx.AsyncClient) -> None:
+                 http: httpx.AsyncClient, objects: ObjectLink | None = None) -> None:
         self.models = models
         self.settings = settings
         self.device: str = models.device_name
@@ -110,6 +113,8 @@ class EnhanceEngine:
         self.budget = CostBudget(settings.cost_budget)
         self._executor = executor
         self._http = http
+        # Where outputs are written and stored inputs read; its `channel` is set by the worker.
+        self.objects = objects or ObjectLink(http=http, api_key=settings.api_key)
         self._tile_cost = settings.tile_cost or (4.0 if self.device.startswith("cuda") else 2.0)
         metrics.ENHANCE_COST_BUDGET.labels(self.device).set(settings.cost_budget)
         self._oom_errors: tuple[type[BaseException], ...] = ()
@@ -156,10 +161,15 @@ class EnhanceEngine:
         try:
             options, fmt = options_of(a.enhance)
             sources = self._sources(a)
-            names = self._filenames(a, len(sources), codec.content_type(fmt))
-            for (label, source), name in zip(sources, names):
+            content_type = codec.content_type(fmt)
+            names = self._filenames(a, len(sources), content_type)
+            for i, ((label, source), name) in enumerate(zip(sources, names)):
                 data = await source()
-                enhanced, out_file = await self._one(data, options, fmt, name, f"{a.attempt_id} {label}")
+                enhanced, encoded = await self._one(data, options, fmt, f"{a.attempt_id} {label}")
+                del data
+                h, w = enhanced.image.shape[:2]
+                out_file = await self.objects.output(a, i, Body.of(encoded), content_type, name)
+                out_file.width, out_file.height = w, h
                 result.files.append(out_file)
                 result.model = enhanced.model
             result.state = pb.SUCCEEDED
@@ -183,15 +193,25 @@ class EnhanceEngine:
     def _sources(self, a: wpb.Assignment):
         """[(label, async () -> bytes)]: the spec's own image, or each generated output (then_enhance)."""
         if len(a.inputs):
-            return [(f"input {i + 1}", self._reader(f.data if f.WhichOneof("location") == "data" else None,
-                                                    f.url if f.WhichOneof("location") == "url" else None))
+            return [(f"input {i + 1}", self._stored(a, i) if i < len(a.sources) and a.sources[i].object else
+                     self._reader(f.data if f.WhichOneof("location") == "data" else None,
+                                  f.url if f.WhichOneof("location") == "url" else None))
                     for i, f in enumerate(a.inputs)]
         spec = a.enhance
         kind = spec.WhichOneof("source")
+        if kind == "image_object":
+            if not len(a.sources):
+                raise InvalidInput("enhance.image_object: the gateway gave no way to read it (storage is off?)")
+            return [("image", self._stored(a, 0))]
         if kind is None:
-            raise InvalidInput("enhance: set image or image_url")
+            raise InvalidInput("enhance: set image, image_url or image_object")
         return [("image", self._reader(spec.image if kind == "image" else None,
                                        spec.image_url if kind == "image_url" else None))]
+
+    def _stored(self, a: wpb.Assignment, index: int):
+        async def read() -> bytes:
+            return await self.objects.input(a, index, self.settings.max_input_bytes)
+        return read
 
     def _reader(self, data: bytes | None, url: str | None):
         async def read() -> bytes:
@@ -210,22 +230,11 @@ class EnhanceEngine:
 
     @staticmethod
     def _filenames(a: wpb.Assignment, count: int, content_type: str) -> list[str]:
-        """The caller's name (the gateway sanitised it) with the output format's extension."""
-        if len(a.inputs):
-            names = [sanitize(f.filename or a.output_filename or f"enhanced_{i + 1}") for i, f in enumerate(a.inputs)]
-        else:
-            names = [sanitize(a.output_filename or "enhanced")]
-        out: list[str] = []
-        for i, name in enumerate(names):
-            name = with_content_type(name, content_type)
-            if name in out:  # two inputs with one name: keep both
-                stem, dot, ext = name.rpartition(".")
-                name = f"{stem}_{i + 1}.{ext}" if dot else f"{name}_{i + 1}"
-            out.append(name)
-        return out
+        """The caller's name (the gateway sanitised it) with the output format's extension (the
+        gateway plans its storage keys with the same rule)."""
+        return filenames.enhanced([f.filename for f in a.inputs], a.output_filename, content_type)
 
-    async def _one(self, data: bytes, options: EnhanceOptions, fmt: str, filename: str,
-                   what: str) -> tuple[Enhanced, pb.OutputFile]:
+    async def _one(self, data: bytes, options: EnhanceOptions, fmt: str, what: str) -> tuple[Enhanced, bytes]:
         s = self.settings
         probe = codec.probe(data)
         codec.check_size(probe, max_megapixels=s.max_input_megapixels, max_side=s.max_side)
@@ -254,8 +263,7 @@ class EnhanceEngine:
         h, w = enhanced.image.shape[:2]
         log.info("%s: %dx%d -> %dx%d, %d faces, %s", what, probe.width, probe.height, w, h,
                  enhanced.faces, enhanced.model)
-        return enhanced, pb.OutputFile(filename=filename, data=encoded, content_type=codec.content_type(fmt),
-                                       width=w, height=h)
+        return enhanced, encoded
 
     async def _admit(self, cost: float) -> None:
         metrics.ENHANCE_WAITING.labels(self.device).set(self.budget.waiting + 1)

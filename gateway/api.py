@@ -22,6 +22,7 @@ from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 
 from .batches import BadCursor
+from .files_api import FileTransfer
 from .interceptors import current_caller
 from .service import BatchService, Forbidden, NotFound, Overloaded
 from .validation import BadRequest
@@ -72,7 +73,7 @@ async def _until(events: AsyncIterator, stop: asyncio.Event) -> AsyncIterator:
             await it.aclose()
 
 
-class ImageMeshServicer(pb_grpc.ImageMeshServicer):
+class ImageMeshServicer(FileTransfer, pb_grpc.ImageMeshServicer):
     """Callers are authenticated (key and role) by `interceptors.Authenticator` before a
     request is read; each method takes the caller from `current_caller()`."""
 

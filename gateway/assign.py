@@ -35,7 +35,7 @@ class Assigner:
                  routing: Routing, budget: DailyBudget, max_job_runtime: float, lease_ttl: float,
                  hedge_delay: float, react: Callable[[Attempt, object], bool],
                  settle: Callable[[list[Attempt]], Awaitable[None]],
-                 hedge: Callable[[Attempt], None]) -> None:
+                 hedge: Callable[[Attempt], None], outputs=None) -> None:
         self.inflight = inflight
         self.pools = pools
         self.tokens = tokens
@@ -47,6 +47,7 @@ class Assigner:
         self._react = react        # the dispatcher's event handler: True when the attempt settles
         self._settle = settle
         self._hedge = hedge
+        self.outputs = outputs  # gateway.outputs.Outputs, or None: no storage side at all
         self._locks = {p: asyncio.Lock() for p in Pool}
 
     async def assign(self, pool: Pool) -> None:
@@ -112,7 +113,8 @@ class Assigner:
             self.inflight.put_back(a)
 
     async def _assignment(self, a: Attempt) -> wpb.Assignment:
-        """Raises RedisError (sealed tokens), TaskFailure (a token this gateway can't open)."""
+        """Raises RedisError (sealed tokens, storage indexing), TaskFailure (a token this gateway
+        can't open, an input that is not the tenant's)."""
         token = None
         if a.provider and self.routing.needs_token(a.provider):
             token = await self.tokens.token(a.entry.batch_id, a.provider)
@@ -133,4 +135,8 @@ class Assigner:
             msg.enhance.CopyFrom(a.task.enhance)
         else:
             msg.generate.CopyFrom(a.task.generate)
+        if self.outputs is not None:
+            if not a.tenant:
+                a.tenant = a.entry.tenant or await self.outputs.tenant_of(a.entry.batch_id)
+            await self.outputs.prepare(msg, a.tenant, a.entry.batch_id, a.entry.index, a.entry.attempt, a.task)
         return msg

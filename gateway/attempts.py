@@ -174,6 +174,8 @@ class Attempt:
     cancel_reason: Reason | None = None
     outcome: Outcome | None = None
     hedged: bool = False
+    # The batch's tenant (from the entry; looked up once for entries older than that field).
+    tenant: str = ""
     read_at: float = field(default_factory=time.monotonic)
     leased_at: float = 0.0
     held_since: float = field(default_factory=time.monotonic)

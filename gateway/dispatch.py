@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
@@ -44,6 +45,9 @@ from .routing import Routing
 from .tokens import BatchTokens
 from .upkeep import Upkeep
 
+if TYPE_CHECKING:
+    from .outputs import Outputs
+
 log = logging.getLogger("imagemesh.gateway.dispatch")
 
 POOLS = tuple(p.value for p in Pool)
@@ -65,12 +69,13 @@ class DispatchSettings:
 class Dispatcher:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
                  leases, routing: Routing, sealer: Sealer, settings: DispatchSettings,
-                 cancel_channel: str, dedup: Dedup, budget: DailyBudget) -> None:
+                 cancel_channel: str, dedup: Dedup, budget: DailyBudget, outputs: Outputs | None = None) -> None:
         self.r = redis
         self.queues = queues
         self.routing = routing
         self.s = settings
         self.cancel_channel = cancel_channel
+        self.outputs = outputs
         self.inflight = InFlight()
         self.pools = {name: WorkerPool(name, self.inflight.count) for name in POOLS}
         self.tokens = BatchTokens(batches, sealer, routing)
@@ -80,7 +85,7 @@ class Dispatcher:
         self.assigner = Assigner(inflight=self.inflight, pools=self.pools, tokens=self.tokens, routing=routing,
                                  budget=budget, max_job_runtime=settings.max_job_runtime,
                                  lease_ttl=settings.lease_ttl, hedge_delay=settings.hedge_delay,
-                                 react=self.react, settle=self.settle, hedge=self._hedge)
+                                 react=self.react, settle=self.settle, hedge=self._hedge, outputs=outputs)
         self.feed = Feed(queues=queues, batches=batches, leases=leases, routing=routing, inflight=self.inflight,
                          pools=self.pools, read_batch=settings.read_batch, assign=self.assigner.assign,
                          settle=self.settle)
@@ -184,16 +189,25 @@ class Dispatcher:
         worker before this returns), then the outcomes are written; a Redis error there is
         logged and retried, never raised."""
         settle = []
+        stored: dict[str, int] = {}
         for r in results:
             a = self.inflight.get(r.attempt_id)
             if a is None or a.worker_id != worker.worker_id:
                 continue  # stale: the attempt was requeued or claimed meanwhile
+            if self.outputs is not None:
+                # Judged before deciding: a result naming someone else's objects, or inline
+                # bytes past the limit, is a failure.
+                for group, n in self.outputs.check(a.tenant, a.entry.batch_id, a.entry.index,
+                                                   a.entry.attempt, r).items():
+                    stored[group] = stored.get(group, 0) + n
             if a.provider:
                 self.routing.record(a.provider, r)
             if self.react(a, Result(r)):
                 settle.append(a)
         if settle:
             await self.settle(settle)
+        if stored:
+            await self.outputs.count(stored)  # type: ignore[union-attr]
         self.pools[worker.pool].export()
 
     async def on_worker_lost(self, worker: Worker) -> None:

@@ -30,6 +30,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "imagemesh.v1.ImageMesh": ("client",),
     "imagemesh.v1.MeshAdmin": ("admin",),
     "imagemesh.v1.WorkerLink": ("worker",),
+    "imagemesh.v1.WorkerObjects": ("worker",),
 }
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                  "grpc.reflection.v1.ServerReflection")

@@ -50,7 +50,9 @@ from .batches import BatchStore
 from .budget import DailyBudget
 from .dedup import Dedup
 from .dispatch import Dispatcher, DispatchSettings
+from .files_api import WorkerObjectsServicer
 from .interceptors import Authenticator
+from .outputs import build_outputs
 from .queues import TaskQueues
 from .readiness import RedisReadiness
 from .registry import WorkerRegistry
@@ -62,7 +64,7 @@ from .worker_link import WorkerLinkServicer
 
 log = logging.getLogger("imagemesh.gateway")
 
-SERVICES = ("imagemesh.v1.ImageMesh", "imagemesh.v1.MeshAdmin", "imagemesh.v1.WorkerLink")
+SERVICES = ("imagemesh.v1.ImageMesh", "imagemesh.v1.MeshAdmin", "imagemesh.v1.WorkerLink", "imagemesh.v1.WorkerObjects")
 
 
 def load_keys(s: GatewaySettings) -> ApiKeys:
@@ -121,6 +123,7 @@ class Gateway:
         self.queues = TaskQueues(self.redis, consumer=self.id, prefix=p)
         self.cancel_channel = f"{p}:cancel"
         self.dedup = Dedup(self.redis, prefix=p, ttl=settings.retention)
+        self.outputs = build_outputs(settings, self.redis, self.batches)
         self.dispatcher = Dispatcher(
             redis=self.redis, batches=self.batches, queues=self.queues, leases=self.leases,
             routing=self.routing, sealer=self.sealer,
@@ -129,10 +132,11 @@ class Gateway:
                                       heartbeat_interval=settings.heartbeat_interval,
                                       hedge_delay=settings.hedge_delay),
             cancel_channel=self.cancel_channel, dedup=self.dedup,
-            budget=DailyBudget(self.redis, parse_mapping(settings.key_daily_budgets, value_type=int), prefix=p))
+            budget=DailyBudget(self.redis, parse_mapping(settings.key_daily_budgets, value_type=int), prefix=p),
+            outputs=self.outputs)
         self.service = BatchService(
             redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
-            sealer=self.sealer, dispatcher=self.dispatcher, dedup=self.dedup,
+            sealer=self.sealer, dispatcher=self.dispatcher, dedup=self.dedup, outputs=self.outputs,
             writer_wait=settings.accept_timeout + 5.0,
             limits=Limits(max_batch_tasks=settings.max_batch_tasks,
                           max_queued_per_tenant=settings.max_queued_per_tenant,
@@ -177,11 +181,14 @@ class Gateway:
         wire.add_servicer(self.server, WorkerLinkServicer(self.dispatcher, gateway_id=self.id,
                                                           heartbeat_interval=self.s.heartbeat_interval),
                           wpb.DESCRIPTOR.services_by_name["WorkerLink"], wpb)
+        wire.add_servicer(self.server, WorkerObjectsServicer(self.outputs),
+                          wpb.DESCRIPTOR.services_by_name["WorkerObjects"], wpb)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (pb.DESCRIPTOR.services_by_name["ImageMesh"].full_name,
              pb.DESCRIPTOR.services_by_name["MeshAdmin"].full_name,
              wpb.DESCRIPTOR.services_by_name["WorkerLink"].full_name,
+             wpb.DESCRIPTOR.services_by_name["WorkerObjects"].full_name,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
         self.port = self._bind()
@@ -189,6 +196,7 @@ class Gateway:
         log.log(logging.INFO if self.tls else logging.WARNING, "gRPC transport: %s", describe_server(self.tls))
         await self.leases.start()
         await self.dispatcher.start()
+        self.outputs.start()
         self._listener = asyncio.create_task(self._listen())
         self._publisher = asyncio.create_task(self._publish_workers())
         await self.probes.start()  # NOT_SERVING until Redis has answered
@@ -255,6 +263,7 @@ class Gateway:
         if self.server is not None:
             await self.server.stop(grace)
         await self.dispatcher.stop()
+        await self.outputs.stop()
         for task in (self._listener, self._publisher):
             if task is not None:
                 task.cancel()

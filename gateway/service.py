@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
@@ -31,6 +32,9 @@ from .entries import QueueEntry
 from .queues import QueueName, TaskQueues
 from .routing import Routing
 from .validation import BadRequest, Limits, check_batch, check_credentials, check_task
+
+if TYPE_CHECKING:
+    from .outputs import Outputs
 
 log = logging.getLogger("imagemesh.gateway.service")
 
@@ -83,7 +87,7 @@ class Prepared:
 class BatchService:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
                  routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits,
-                 dedup: Dedup, writer_wait: float = 35.0) -> None:
+                 dedup: Dedup, writer_wait: float = 35.0, outputs: Outputs | None = None) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -93,6 +97,7 @@ class BatchService:
         self.limits = limits
         self.dedup = dedup
         self.writer_wait = writer_wait
+        self.outputs = outputs
 
     # -- preparing tasks -----------------------------------------------------------------------
     def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str]) -> Prepared:
@@ -173,7 +178,11 @@ class BatchService:
 
     async def _admit(self, caller: Caller, tasks: int, size: int) -> None:
         """Backpressure per tenant: what it has queued, in tasks and in input bytes, is capped,
-        so one caller can't fill Redis (or starve the others) however much it submits."""
+        so one caller can't fill Redis (or starve the others) however much it submits; and what
+        it has stored (outputs, uploads) is capped by its quota."""
+        full = await self.outputs.over_quota(caller.tenant) if self.outputs else None
+        if full:
+            raise Overloaded(full, retry_after=60.0)
         queued, queued_bytes = await self.batches.tenant_backlog(caller.tenant)
         if queued + tasks > self.limits.max_queued_per_tenant:
             raise Overloaded(f"too many unfinished tasks for this caller: {queued} queued + {tasks} new, "
@@ -196,7 +205,7 @@ class BatchService:
         good = [p for p in prepared if p.failure is None]
         pushes, copies = [], []
         for p in good:
-            entry = self._entry(batch_id, p, accepted_ms, hashes[p.index])
+            entry = self._entry(batch_id, caller.tenant, p, accepted_ms, hashes[p.index])
             kind, leader_result = await self._deduplicate(batch_id, p, entry)
             if kind == "done":
                 copies.append((batch_id, p.index, "*", leader_result, False))
@@ -213,11 +222,11 @@ class BatchService:
             for p in good:
                 metrics.TASKS_ACCEPTED.labels(p.pool).inc()
 
-    def _entry(self, batch_id: str, p: Prepared, accepted_ms: int, dedup: str | None) -> QueueEntry:
+    def _entry(self, batch_id: str, tenant: str, p: Prepared, accepted_ms: int, dedup: str | None) -> QueueEntry:
         # Inside the SubmitBatch span (gateway.api): the task's trace goes on from there.
         return QueueEntry(batch_id=batch_id, index=p.index, attempt=1, accepted_ms=accepted_ms,
                           task=p.task.SerializeToString(), provider_index=p.provider_index, dedup=dedup or "",
-                          trace=tracing.entry_field() or "")
+                          tenant=tenant, trace=tracing.entry_field() or "")
 
     async def _deduplicate(self, batch_id: str, p: Prepared, entry: QueueEntry) -> tuple[str, pb.TaskResult | None]:
         """"lead" (queue it), "follow" (the leader's result will be copied to it) or "done"
@@ -263,7 +272,7 @@ class BatchService:
         if p.failure is not None:
             await self.batches.finish_many([self._failed_result(batch_id, p)])
         else:
-            entry = self._entry(batch_id, p, meta.created_ms, h)
+            entry = self._entry(batch_id, caller.tenant, p, meta.created_ms, h)
             kind, leader_result = await self._deduplicate(batch_id, p, entry)
             if kind == "lead":
                 await self.queues.push([(p.queue, entry)])  # type: ignore[list-item]
@@ -289,11 +298,13 @@ class BatchService:
     async def watch(self, caller: Caller, batch_id: str, after: str = "") -> AsyncIterator[pb.BatchEvent]:
         """Raises NotFound, BadCursor (malformed, or beyond the batch's last event)."""
         await self._owned(caller, batch_id)
-        async for event in self.batches.events(batch_id, after):
+        async for event in self.events(batch_id, after):
             yield event
 
     def events(self, batch_id: str, after: str = "") -> AsyncIterator[pb.BatchEvent]:
-        return self.batches.events(batch_id, after)
+        """The batch's events; stored files get download URLs signed now (S3)."""
+        events = self.batches.events(batch_id, after)
+        return self.outputs.presented(events) if self.outputs else events
 
     async def status(self, caller: Caller, batch_id: str) -> pb.BatchStatus:
         await self._owned(caller, batch_id)

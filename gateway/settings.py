@@ -82,6 +82,27 @@ class GatewaySettings(CommonSettings):
                                                       "image_url or Stream)", check=at_least(1024))
     metrics_port: int = setting(9464, "Port of the Prometheus /metrics endpoint, plain HTTP (0: a free port; -1: off)",
                                 check=port)
+    storage_url: str = setting("", "Where outputs and uploaded inputs are stored: a directory (empty: ~/.local/share/imagemesh/outputs; "
+                                   "shared by every gateway), s3://BUCKET[/PREFIX], or none (outputs inline in results, capped)")
+    storage_endpoint: str = setting("", "S3 endpoint URL (empty: AWS in storage_region), e.g. http://seaweedfs:8333 or "
+                                        "https://ACCOUNT.r2.cloudflarestorage.com")
+    storage_public_endpoint: str = setting("", "S3 endpoint in the URLs given to workers and clients (empty: storage_endpoint)")
+    storage_region: str = setting("us-east-1", "S3 region")
+    storage_access_key_id: str = setting("", "S3 access key id (empty: the AWS_* environment variables or the instance's role)",
+                                         secret=True)
+    storage_secret_access_key: str = setting("", "S3 secret access key", secret=True)
+    storage_url_ttl: float = setting(3600.0, "Seconds a download URL in a result works (S3); signed afresh each time a batch "
+                                             "is read", check=positive)
+    max_output_bytes: int = setting(256 * 1024 * 1024, "Largest output stored; a larger one fails its task OUTPUT_TOO_LARGE",
+                                    check=at_least(1))
+    inline_max_bytes: int = setting(1024 * 1024, "Largest output returned inline (inline_outputs, or every output with "
+                                                 "storage none)", check=at_least(0))
+    max_upload_bytes: int = setting(64 * 1024 * 1024, "Largest input uploaded with UploadInput", check=at_least(1))
+    max_stored_bytes_per_tenant: int = setting(50 * 1024 ** 3, "Stored bytes (outputs and uploads) one tenant may hold; past "
+                                                               "it submissions answer RESOURCE_EXHAUSTED (0: no quota)",
+                                               check=at_least(0))
+    sweep_interval: float = setting(30.0, "Seconds between sweeps that delete stored objects past their retention",
+                                    check=positive)
 
     def validate(self) -> None:
         super().validate()

@@ -90,7 +90,9 @@ def _check_generate(g: pb.GenerateSpec, where: str, limits: Limits) -> None:
 def _check_enhance(e: pb.EnhanceSpec, where: str, limits: Limits, *, needs_source: bool) -> None:
     source = e.WhichOneof("source")
     if needs_source and source is None:
-        raise InvalidInput(f"{where}: set image or image_url")
+        raise InvalidInput(f"{where}: set image, image_url or image_object")
+    if source == "image_object" and not 0 < len(e.image_object) <= 1024:
+        raise InvalidInput(f"{where}.image_object: 1-1024 characters (the object UploadInput returned)")
     if source == "image" and len(e.image) > limits.max_image_bytes:
         raise InvalidInput(f"{where}.image: {len(e.image)} bytes, the limit is {limits.max_image_bytes}")
     if source == "image_url":

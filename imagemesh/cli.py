@@ -2,6 +2,7 @@
 
     imagemesh submit tasks.json [--out results.json] [--download DIR]
     imagemesh status BATCH [--tasks] | watch BATCH [--after CURSOR] | cancel BATCH
+    imagemesh download BATCH (--dir DIR | --zip FILE.zip)
     imagemesh keys | set-limit KEY LIMIT | workers | providers          (admin key)
     imagemesh keys new --role client [--name NAME]                      (local: no gateway)
 
@@ -27,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from imagemesh import filenames
+from imagemesh import downloads
 from imagemesh.auth import ROLES
 from imagemesh.client import Client
 from imagemesh.keygen import new_key
@@ -78,26 +80,6 @@ def describe(task: pb.Task) -> str:
     return "enhance"
 
 
-def save_files(result: pb.TaskResult, directory: Path) -> list[dict[str, Any]]:
-    """Write inline outputs under the caller's filenames (sanitised again: never trust a name)."""
-    saved = []
-    for f in result.files:
-        entry: dict[str, Any] = {"filename": f.filename}
-        if f.url:
-            entry["url"] = f.url
-        if f.WhichOneof("location") == "data":
-            directory.mkdir(parents=True, exist_ok=True)
-            target = directory / filenames.sanitize(f.filename)
-            target.write_bytes(f.data)
-            entry["path"] = str(target)
-        saved.append(entry)
-    return saved
-
-
-def file_entries(result: pb.TaskResult) -> list[dict[str, Any]]:
-    return [{"filename": f.filename, **({"url": f.url} if f.url else {"bytes": len(f.data)})} for f in result.files]
-
-
 def batch_outcome(summary: pb.BatchSummary | None) -> int:
     return Exit.OK if summary is not None and not summary.failed and not summary.cancelled else Exit.TASKS_FAILED
 
@@ -115,33 +97,35 @@ async def cmd_submit(client: Client, args) -> int:
     progress = Progress(TextColumn("{task.description}", markup=False, style="bold"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=terminal.people,
                         disable=args.no_progress or args.json or not terminal.stderr_is_terminal)
-    with progress:
-        bar = progress.add_task("submitting", total=len(tasks))
-        async for event in client.submit(tasks, credentials=credentials, batch_id=batch_id or None):
-            if args.json:
-                terminal.json(event)
-            if event.HasField("accepted"):
-                report["batch_id"] = event.batch_id
-                progress.update(bar, description=f"batch {plain(event.batch_id)}")
-            elif event.HasField("result"):
-                r = event.result
-                row = {"task_index": r.task_index, "prompt": describe(tasks[r.task_index]),
-                       "output_filename": r.output_filename}
-                if r.state == pb.SUCCEEDED:
-                    row["generated_files"] = save_files(r, download) if download else file_entries(r)
-                    row["provider"] = r.provider
-                    report["successful_results"].append(row)
-                else:
-                    row["error"] = {"code": r.error.code, "message": r.error.message}
-                    report["failed_results"].append(row)
-                if not args.json:
-                    progress.console.print(result_text(r))
-                progress.advance(bar)
-            elif event.HasField("summary"):
-                summary = event.summary
-                report["summary"] = message_dict(summary)
-                if not args.json:
-                    progress.console.print(summary_text(event.batch_id, summary))
+    async with httpx.AsyncClient() as http:  # outputs given by URL (provider, S3)
+        with progress:
+            bar = progress.add_task("submitting", total=len(tasks))
+            async for event in client.submit(tasks, credentials=credentials, batch_id=batch_id or None):
+                if args.json:
+                    terminal.json(event)
+                if event.HasField("accepted"):
+                    report["batch_id"] = event.batch_id
+                    progress.update(bar, description=f"batch {plain(event.batch_id)}")
+                elif event.HasField("result"):
+                    r = event.result
+                    row = {"task_index": r.task_index, "prompt": describe(tasks[r.task_index]),
+                           "output_filename": r.output_filename}
+                    if r.state == pb.SUCCEEDED:
+                        row["generated_files"] = (await downloads.save_result(client, event.batch_id, r, download, http)
+                                                  if download else [downloads.entry(f) for f in r.files])
+                        row["provider"] = r.provider
+                        report["successful_results"].append(row)
+                    else:
+                        row["error"] = {"code": r.error.code, "message": r.error.message}
+                        report["failed_results"].append(row)
+                    if not args.json:
+                        progress.console.print(result_text(r))
+                    progress.advance(bar)
+                elif event.HasField("summary"):
+                    summary = event.summary
+                    report["summary"] = message_dict(summary)
+                    if not args.json:
+                        progress.console.print(summary_text(event.batch_id, summary))
     for key in ("successful_results", "failed_results"):
         report[key].sort(key=lambda row: row["task_index"])
     if args.out:
@@ -173,6 +157,22 @@ async def cmd_watch(client: Client, args) -> int:
         if event.HasField("summary"):
             summary = event.summary
     return batch_outcome(summary)
+
+
+async def cmd_download(client: Client, args) -> int:
+    try:
+        counts = await downloads.download_batch(client, args.batch, directory=Path(args.dir) if args.dir else None,
+                                                zip_path=Path(args.zip) if args.zip else None)
+    except downloads.DownloadFailed as exc:
+        terminal.fail(f"download failed: {exc}")
+        return Exit.REFUSED
+    where = args.zip or args.dir
+    if args.json:
+        terminal.json({"batch_id": args.batch, "written_to": where, **counts})
+    else:
+        terminal.say(f"{counts['files']} files of {counts['tasks']} tasks written to {where}"
+                     + (f" ({counts['failed_tasks']} tasks had failed: no files)" if counts["failed_tasks"] else ""))
+    return Exit.OK
 
 
 async def cmd_cancel(client: Client, args) -> int:
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                 prepare=prepare_submit)
     p.add_argument("file", help="tasks file (JSON): see the README")
     p.add_argument("--out", help="write successful_results / failed_results JSON here")
-    p.add_argument("--download", help="save output files into this directory under their filenames")
+    p.add_argument("--download", help="save every output into DIR/<task index>/<filename> as results arrive")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = command("status", cmd_status, "a batch's counts")
     p.add_argument("batch")
@@ -292,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("watch", cmd_watch, "replay a batch's events, then follow until the summary")
     p.add_argument("batch")
     p.add_argument("--after", default="", help="cursor to resume after")
+    p = command("download", cmd_download, "save every output of a batch (follows it until it ends)")
+    p.add_argument("batch")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dir", help="into DIR/<task index>/<filename> (existing files are kept)")
+    where.add_argument("--zip", help="into a new ZIP file (entries <task index>/<filename>)")
     p = command("cancel", cmd_cancel, "cancel a batch")
     p.add_argument("batch")
     p = command("keys", cmd_keys, "provider keys, limits and leases (admin); `keys new` makes an API key")

@@ -16,6 +16,12 @@ Transport: `tls=None` (the default) takes TLS from the environment (`IMAGEMESH_T
 when none is set; `tls=True` verifies the gateway against the system's CA certificates;
 `tls=ChannelTls(ca=..., cert=..., key=...)` says it all explicitly; `tls=False` is plaintext.
 A gateway that requires TLS refuses a plaintext client (UNAVAILABLE: the connection is closed).
+
+Files: results carry stored outputs as references (`OutputFile.object`, and on S3 a fresh
+presigned `url`); `download(batch_id, object)` streams one through the gateway, whatever the
+backend (`imagemesh.downloads` saves whole batches). Enhance images larger than
+`upload_threshold` are uploaded first (`upload_input`) and submitted by reference, so large
+inputs never ride in the request or the task queue.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from imagemesh import tracing
 from imagemesh.tls import ChannelTls, channel
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
+
+UPLOAD_THRESHOLD = 256 * 1024
+UPLOAD_CHUNK = 1024 * 1024
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
@@ -53,14 +62,17 @@ def generate(prompt: str, output_filename: str = "", *, model: str = "", provide
     return task
 
 
-def enhance(image: bytes | str, output_filename: str = "", *, upscale: int = 2, restore_faces: bool = True,
-            fidelity: float = 0.5, only_center_face: bool = False, output_format: str = "png",
-            labels: dict[str, str] | None = None) -> pb.Task:
-    """An enhance task from image bytes or an http(s) URL."""
+def enhance(image: bytes | str | pb.StoredInput, output_filename: str = "", *, upscale: int = 2,
+            restore_faces: bool = True, fidelity: float = 0.5, only_center_face: bool = False,
+            output_format: str = "png", labels: dict[str, str] | None = None) -> pb.Task:
+    """An enhance task from image bytes, an http(s) URL, or an input uploaded with
+    `Client.upload_input`."""
     spec = pb.EnhanceSpec(upscale=upscale, restore_faces=restore_faces, fidelity=fidelity,
                           only_center_face=only_center_face, output_format=output_format)
     if isinstance(image, bytes):
         spec.image = image
+    elif isinstance(image, pb.StoredInput):
+        spec.image_object = image.object
     else:
         spec.image_url = image
     return pb.Task(output_filename=output_filename, labels=labels or {}, enhance=spec)
@@ -77,11 +89,13 @@ def cursor_key(cursor: str) -> tuple[int, int]:
 
 class Client:
     def __init__(self, target: str, api_key: str, *, reattach_attempts: int = 20,
-                 max_message_bytes: int = 16 * 1024 * 1024, tls: ChannelTls | bool | None = None) -> None:
+                 max_message_bytes: int = 16 * 1024 * 1024, tls: ChannelTls | bool | None = None,
+                 upload_threshold: int = UPLOAD_THRESHOLD) -> None:
         """`tls`: see the module docstring. Raises imagemesh.tls.TlsConfigError when a
         certificate file can't be read."""
         self.target = target
         self.reattach_attempts = reattach_attempts
+        self.upload_threshold = upload_threshold
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         if tls is None:
             tls = ChannelTls.from_environment()
@@ -111,12 +125,45 @@ class Client:
         """Submit a batch and yield its events: `accepted`, each `result` as it finishes, `summary`."""
         request = pb.SubmitBatchRequest(tasks=list(tasks), credentials=credentials or {},
                                         batch_id=batch_id or new_batch_id(), priority=priority)
+        return self._submit(request)
+
+    async def _submit(self, request: pb.SubmitBatchRequest) -> AsyncIterator[pb.BatchEvent]:
+        await self._upload_large_images(request.tasks)
         # With OpenTelemetry configured, the batch's trace starts here and crosses the mesh.
         span = tracing.start("imagemesh.client.submit", kind="client", batch_id=request.batch_id,
                              tasks=len(request.tasks))
         metadata = self._metadata + tuple(tracing.inject(span).items())
-        return tracing.ended_after(span, self._follow(
-            request.batch_id, lambda: self.api.SubmitBatch(request, metadata=metadata)))
+        async for event in tracing.ended_after(span, self._follow(
+                request.batch_id, lambda: self.api.SubmitBatch(request, metadata=metadata))):
+            yield event
+
+    async def _upload_large_images(self, tasks) -> None:
+        """Replace each enhance image over `upload_threshold` by an uploaded reference (kept
+        inline when the server stores nothing)."""
+        for task in tasks:
+            spec = task.enhance
+            if task.HasField("enhance") and spec.WhichOneof("source") == "image" and len(spec.image) > self.upload_threshold:
+                try:
+                    stored = await self.upload_input(spec.image, task.output_filename or "input")
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                        return
+                    raise
+                spec.image_object = stored.object
+
+    # -- files ---------------------------------------------------------------------------------
+    async def upload_input(self, data: bytes, filename: str = "input", content_type: str = "") -> pb.StoredInput:
+        """Store an input (an image to enhance) on the server; pass the result to `enhance`."""
+        def parts():
+            yield pb.UploadInputRequest(header=pb.UploadInputHeader(filename=filename, content_type=content_type))
+            for start in range(0, len(data), UPLOAD_CHUNK):
+                yield pb.UploadInputRequest(data=data[start:start + UPLOAD_CHUNK])
+        return await self.api.UploadInput(parts(), metadata=self._metadata)
+
+    def download(self, batch_id: str, obj: str) -> AsyncIterator[pb.FileChunk]:
+        """The chunks of a stored output (`OutputFile.object`) of one of your batches; the first
+        carries its size, content type and filename."""
+        return self.api.DownloadFile(pb.DownloadFileRequest(batch_id=batch_id, object=obj), metadata=self._metadata)
 
     def watch(self, batch_id: str, after_cursor: str = "") -> AsyncIterator[pb.BatchEvent]:
         """Every event of a batch after `after_cursor` (all if empty), then new ones until the summary."""
@@ -178,6 +225,7 @@ class Session:
     """A `Stream` call: `await add(task)`, `await close()`, `async for event in events()`."""
 
     def __init__(self, client: Client, open_msg: pb.StreamOpen) -> None:
+        self._client = client
         self.batch_id = open_msg.batch_id
         self._queue: asyncio.Queue[pb.StreamRequest | None] = asyncio.Queue(maxsize=1024)
         self._queue.put_nowait(pb.StreamRequest(open=open_msg))
@@ -191,7 +239,10 @@ class Session:
             yield msg
 
     async def add(self, task: pb.Task) -> None:
-        await self._queue.put(pb.StreamRequest(task=task))
+        """Send a task (a large enhance image is uploaded first, as `Client.submit` does)."""
+        request = pb.StreamRequest(task=task)
+        await self._client._upload_large_images([request.task])
+        await self._queue.put(request)
 
     async def close(self) -> None:
         await self._queue.put(pb.StreamRequest(close=pb.StreamClose()))

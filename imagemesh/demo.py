@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
            "IMAGEMESH_SECRET_KEY": "aW1hZ2VtZXNoLWRlbW8ta2V5LW5vdC1mb3ItcHJvZCE=",  # demo only
            "IMAGEMESH_GATEWAY": gateway, "IMAGEMESH_API_KEY": WORKER_KEY,
            "IMAGEMESH_METRICS_PORT": "0", "IMAGEMESH_HEALTH_PORT": "0",
-           "IMAGEMESH_LOCAL_LATENCY_MS": "300", "IMAGEMESH_CAPACITY": "4"}
+           "IMAGEMESH_LOCAL_LATENCY_MS": "300", "IMAGEMESH_CAPACITY": "4",
+           # The embedded store: outputs are files under this directory, served by DownloadFile.
+           "IMAGEMESH_STORAGE_URL": str(tmp / "store")}
     if CHECKOUT:  # the children import the checkout's packages (the wheel's are installed)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     children: list[Child] = []
@@ -150,12 +152,14 @@ def main(argv: list[str] | None = None) -> None:
         except SystemExit as exc:
             if exc.code not in (0, 1):
                 raise
-        print(f"\noutputs saved under {tmp / 'outputs'}; results in {out}")
+        print(f"\noutputs stored under {tmp / 'store'} (the gateway's embedded store), "
+              f"downloaded to {tmp / 'outputs'}/<task>/; results in {out}")
         if args.keep:
             cli_path = Path(py).parent / "imagemesh"
             print("\nThe mesh keeps running (Ctrl-C stops it). In another terminal:\n"
                   f"  export IMAGEMESH_GATEWAY={gateway} IMAGEMESH_API_KEY={CLIENT_KEY}\n"
                   f"  {cli_path} submit {args.tasks} --download out/\n"
+                  f"  {cli_path} download BATCH --zip batch.zip\n"
                   f"  (admin: IMAGEMESH_API_KEY={ADMIN_KEY} {cli_path} keys)")
             # Ctrl-C or SIGTERM stops the mesh (explicitly: a shell may start us with SIGINT ignored).
             signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -7,6 +7,7 @@
      ├── Timeout                      TIMEOUT         yes        yes
      ├── ProviderFailed               PROVIDER_ERROR  yes*       yes
      ├── Unavailable                  UNAVAILABLE     yes        yes
+     ├── OutputTooLarge               OUTPUT_TOO_LARGE no        no
      ├── WorkerLost                   WORKER_LOST     no         no
      ├── Cancelled                    CANCELLED       no         no
      └── Internal                     INTERNAL        no         no
@@ -67,6 +68,12 @@ class Unavailable(TaskFailure):
     code = "UNAVAILABLE"
     retryable = True
     fallback_ok = True
+
+
+class OutputTooLarge(TaskFailure):
+    """An output passed the size limit it was given (storage or inline): that task fails alone."""
+
+    code = "OUTPUT_TOO_LARGE"
 
 
 class WorkerLost(TaskFailure):

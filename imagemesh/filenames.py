@@ -66,3 +66,19 @@ def numbered(name: str, index: int, count: int) -> str:
         return name
     stem, ext = split_ext(name)
     return f"{stem}_{index + 1}{ext}"
+
+
+def enhanced(input_names: list[str], output_filename: str, content_type: str) -> list[str]:
+    """Filenames of an enhance attempt's outputs: one per input of a then_enhance stage (each
+    input's own name), or the task's `output_filename`; with the output format's extension, and
+    a second input of the same name numbered so both are kept."""
+    names = [sanitize(n or output_filename or f"enhanced_{i + 1}") for i, n in enumerate(input_names)] \
+        if input_names else [sanitize(output_filename or "enhanced")]
+    out: list[str] = []
+    for i, name in enumerate(names):
+        name = with_content_type(name, content_type)
+        if name in out:
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem}_{i + 1}.{ext}" if dot else f"{name}_{i + 1}"
+        out.append(name)
+    return out

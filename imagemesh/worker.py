@@ -127,6 +127,8 @@ class WorkerRuntime:
         # Called with True on the gateway's welcome, False when that stream ends (readiness).
         self.on_ready: Callable[[bool], Awaitable[None]] | None = None
         self.running: dict[str, asyncio.Task] = {}
+        # The gateway connection while one is up: object transfers (imagemesh.uploads) use it.
+        self.channel: grpc.aio.Channel | None = None
         self.connected = asyncio.Event()
         self.draining = False
         self._results: list[wpb.AttemptResult] = []
@@ -163,6 +165,7 @@ class WorkerRuntime:
             except Exception:
                 log.exception("worker session failed")
             finally:
+                self.channel = None
                 self.connected.clear()
                 metrics.WORKER_CONNECTED.labels(self.pool).set(0)
                 await self._ready(False)
@@ -186,6 +189,7 @@ class WorkerRuntime:
                    ("grpc.max_send_message_length", self.max_message_bytes),
                    ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
         async with channel(self.gateway, self.tls, options) as link:
+            self.channel = link
             stub = wpb_grpc.WorkerLinkStub(link)
             call = stub.Connect(metadata=(("authorization", f"Bearer {self.api_key}"),))
             await call.write(wpb.WorkerMessage(
@@ -283,7 +287,7 @@ class WorkerRuntime:
                 r = wpb.AttemptResult(
                     attempt_id=r.attempt_id, task_id=r.task_id, attempt=r.attempt, fence=r.fence, state=pb.FAILED,
                     provider=r.provider, run_ms=r.run_ms, error=pb.TaskError(
-                        code="INVALID_INPUT", retryable=False,
+                        code="OUTPUT_TOO_LARGE", retryable=False,
                         message=f"the result is {n} bytes, more than one gRPC message may carry ({limit}, "
                                 "IMAGEMESH_MAX_MESSAGE_BYTES): ask for URLs rather than inline outputs, or "
                                 "fewer or smaller outputs"))

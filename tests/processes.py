@@ -112,7 +112,9 @@ class Mesh:
         base = {"IMAGEMESH_REDIS_URL": self.redis_url, "IMAGEMESH_API_KEYS": api_keys_setting(),
                 "IMAGEMESH_SECRET_KEY": SECRET_KEY, "IMAGEMESH_METRICS_PORT": "0",
                 "IMAGEMESH_HEALTH_PORT": "0", "IMAGEMESH_API_KEY": WORKER_KEY,
-                "IMAGEMESH_LOG_LEVEL": "INFO"}
+                "IMAGEMESH_LOG_LEVEL": "INFO",
+                # Outputs in the test's own directory (the default is in the home directory).
+                "IMAGEMESH_STORAGE_URL": str(self.log_dir / "store")}
         base.update({k: str(v) for k, v in self.settings.items()})
         base.update({k: str(v) for k, v in extra.items()})
         return python_env(**base)

@@ -42,9 +42,10 @@ class GenerateSpec(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., race: _Optional[bool] = ..., num_outputs: _Optional[int] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., inline_outputs: _Optional[bool] = ...) -> None: ...
 
 class EnhanceSpec(_message.Message):
-    __slots__ = ("image", "image_url", "upscale", "restore_faces", "fidelity", "only_center_face", "output_format")
+    __slots__ = ("image", "image_url", "image_object", "upscale", "restore_faces", "fidelity", "only_center_face", "output_format")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_OBJECT_FIELD_NUMBER: _ClassVar[int]
     UPSCALE_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FACES_FIELD_NUMBER: _ClassVar[int]
     FIDELITY_FIELD_NUMBER: _ClassVar[int]
@@ -52,12 +53,13 @@ class EnhanceSpec(_message.Message):
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     image_url: str
+    image_object: str
     upscale: int
     restore_faces: bool
     fidelity: float
     only_center_face: bool
     output_format: str
-    def __init__(self, image: _Optional[bytes] = ..., image_url: _Optional[str] = ..., upscale: _Optional[int] = ..., restore_faces: _Optional[bool] = ..., fidelity: _Optional[float] = ..., only_center_face: _Optional[bool] = ..., output_format: _Optional[str] = ...) -> None: ...
+    def __init__(self, image: _Optional[bytes] = ..., image_url: _Optional[str] = ..., image_object: _Optional[str] = ..., upscale: _Optional[int] = ..., restore_faces: _Optional[bool] = ..., fidelity: _Optional[float] = ..., only_center_face: _Optional[bool] = ..., output_format: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("output_filename", "idempotency_key", "generate", "enhance", "then_enhance", "labels")
@@ -83,7 +85,7 @@ class Task(_message.Message):
     def __init__(self, output_filename: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., generate: _Optional[_Union[GenerateSpec, _Mapping]] = ..., enhance: _Optional[_Union[EnhanceSpec, _Mapping]] = ..., then_enhance: _Optional[_Union[EnhanceSpec, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class OutputFile(_message.Message):
-    __slots__ = ("filename", "url", "data", "content_type", "width", "height", "url_expires_at_ms")
+    __slots__ = ("filename", "url", "data", "content_type", "width", "height", "url_expires_at_ms", "object", "size_bytes")
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +93,8 @@ class OutputFile(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     URL_EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     filename: str
     url: str
     data: bytes
@@ -98,7 +102,9 @@ class OutputFile(_message.Message):
     width: int
     height: int
     url_expires_at_ms: int
-    def __init__(self, filename: _Optional[str] = ..., url: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., url_expires_at_ms: _Optional[int] = ...) -> None: ...
+    object: str
+    size_bytes: int
+    def __init__(self, filename: _Optional[str] = ..., url: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., url_expires_at_ms: _Optional[int] = ..., object: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class TaskError(_message.Message):
     __slots__ = ("code", "message", "retryable")
@@ -314,6 +320,50 @@ class BatchStatus(_message.Message):
     closed: bool
     tasks: _containers.RepeatedCompositeFieldContainer[TaskStatus]
     def __init__(self, batch_id: _Optional[str] = ..., total: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., done: _Optional[bool] = ..., closed: _Optional[bool] = ..., tasks: _Optional[_Iterable[_Union[TaskStatus, _Mapping]]] = ...) -> None: ...
+
+class DownloadFileRequest(_message.Message):
+    __slots__ = ("batch_id", "object")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    object: str
+    def __init__(self, batch_id: _Optional[str] = ..., object: _Optional[str] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("data", "size_bytes", "content_type", "filename")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size_bytes: int
+    content_type: str
+    filename: str
+    def __init__(self, data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ..., content_type: _Optional[str] = ..., filename: _Optional[str] = ...) -> None: ...
+
+class UploadInputHeader(_message.Message):
+    __slots__ = ("filename", "content_type")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    content_type: str
+    def __init__(self, filename: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class UploadInputRequest(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UploadInputHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UploadInputHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class StoredInput(_message.Message):
+    __slots__ = ("object", "size_bytes")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    object: str
+    size_bytes: int
+    def __init__(self, object: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
     __slots__ = ()

@@ -61,6 +61,16 @@ class ImageMeshStub:
                 request_serializer=imagemesh_dot_v1_dot_imagemesh__pb2.CancelBatchRequest.SerializeToString,
                 response_deserializer=imagemesh_dot_v1_dot_imagemesh__pb2.BatchStatus.FromString,
                 _registered_method=True)
+        self.DownloadFile = channel.unary_stream(
+                '/imagemesh.v1.ImageMesh/DownloadFile',
+                request_serializer=imagemesh_dot_v1_dot_imagemesh__pb2.DownloadFileRequest.SerializeToString,
+                response_deserializer=imagemesh_dot_v1_dot_imagemesh__pb2.FileChunk.FromString,
+                _registered_method=True)
+        self.UploadInput = channel.stream_unary(
+                '/imagemesh.v1.ImageMesh/UploadInput',
+                request_serializer=imagemesh_dot_v1_dot_imagemesh__pb2.UploadInputRequest.SerializeToString,
+                response_deserializer=imagemesh_dot_v1_dot_imagemesh__pb2.StoredInput.FromString,
+                _registered_method=True)
 
 
 class ImageMeshServicer:
@@ -113,6 +123,21 @@ class ImageMeshServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadFile(self, request, context):
+        """A stored output of one of the caller's batches, in chunks. Another tenant's batch or an
+        object outside the batch: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadInput(self, request_iterator, context):
+        """Store an input (an image to enhance) before submitting a task that names it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageMeshServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +165,16 @@ def add_ImageMeshServicer_to_server(servicer, server):
                     servicer.CancelBatch,
                     request_deserializer=imagemesh_dot_v1_dot_imagemesh__pb2.CancelBatchRequest.FromString,
                     response_serializer=imagemesh_dot_v1_dot_imagemesh__pb2.BatchStatus.SerializeToString,
+            ),
+            'DownloadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadFile,
+                    request_deserializer=imagemesh_dot_v1_dot_imagemesh__pb2.DownloadFileRequest.FromString,
+                    response_serializer=imagemesh_dot_v1_dot_imagemesh__pb2.FileChunk.SerializeToString,
+            ),
+            'UploadInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadInput,
+                    request_deserializer=imagemesh_dot_v1_dot_imagemesh__pb2.UploadInputRequest.FromString,
+                    response_serializer=imagemesh_dot_v1_dot_imagemesh__pb2.StoredInput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -279,6 +314,60 @@ class ImageMesh:
             '/imagemesh.v1.ImageMesh/CancelBatch',
             imagemesh_dot_v1_dot_imagemesh__pb2.CancelBatchRequest.SerializeToString,
             imagemesh_dot_v1_dot_imagemesh__pb2.BatchStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/imagemesh.v1.ImageMesh/DownloadFile',
+            imagemesh_dot_v1_dot_imagemesh__pb2.DownloadFileRequest.SerializeToString,
+            imagemesh_dot_v1_dot_imagemesh__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/imagemesh.v1.ImageMesh/UploadInput',
+            imagemesh_dot_v1_dot_imagemesh__pb2.UploadInputRequest.SerializeToString,
+            imagemesh_dot_v1_dot_imagemesh__pb2.StoredInput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from imagemesh.v1 import imagemesh_pb2 as imagemesh_dot_v1_dot_imagemesh__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19imagemesh/v1/worker.proto\x12\x0cimagemesh.v1\x1a\x1cimagemesh/v1/imagemesh.proto\"t\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x11\n\tproviders\x18\x06 \x03(\t\"4\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\x05\x12\x14\n\x0csent_unix_ms\x18\x02 \x01(\x03\"\xa6\x03\n\nAssignment\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05\x66\x65nce\x18\x04 \x01(\x03\x12\x11\n\tbudget_ms\x18\x05 \x01(\x03\x12\x17\n\x0foutput_filename\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\r\n\x05token\x18\x08 \x01(\t\x12.\n\x08generate\x18\t \x01(\x0b\x32\x1a.imagemesh.v1.GenerateSpecH\x00\x12,\n\x07\x65nhance\x18\n \x01(\x0b\x32\x19.imagemesh.v1.EnhanceSpecH\x00\x12(\n\x06inputs\x18\x0b \x03(\x0b\x32\x18.imagemesh.v1.OutputFile\x12\x41\n\rtrace_context\x18\x0c \x03(\x0b\x32*.imagemesh.v1.Assignment.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"\xb2\x02\n\rAttemptResult\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05\x66\x65nce\x18\x04 \x01(\x03\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.imagemesh.v1.TaskState\x12\'\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x18.imagemesh.v1.OutputFile\x12&\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x17.imagemesh.v1.TaskError\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\r\n\x05tries\x18\t \x01(\x05\x12\x0e\n\x06run_ms\x18\n \x01(\x03\x12\r\n\x05model\x18\x0b \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\x13\n\x0b\x66\x61llback_ok\x18\r \x01(\x08\"\xc8\x01\n\rWorkerMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x19.imagemesh.v1.WorkerHello\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x05\x12,\n\x07results\x18\x03 \x03(\x0b\x32\x1b.imagemesh.v1.AttemptResult\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.imagemesh.v1.Heartbeat\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x10\n\x08returned\x18\x06 \x03(\t\"<\n\x07Welcome\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x03\"\x88\x01\n\x0eGatewayMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.imagemesh.v1.Welcome\x12-\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x18.imagemesh.v1.Assignment\x12\x0f\n\x07\x63\x61ncels\x18\x03 \x03(\t\x12\x0e\n\x06goaway\x18\x04 \x01(\x08\x32V\n\nWorkerLink\x12H\n\x07\x43onnect\x12\x1b.imagemesh.v1.WorkerMessage\x1a\x1c.imagemesh.v1.GatewayMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19imagemesh/v1/worker.proto\x12\x0cimagemesh.v1\x1a\x1cimagemesh/v1/imagemesh.proto\"t\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x11\n\tproviders\x18\x06 \x03(\t\"4\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\x05\x12\x14\n\x0csent_unix_ms\x18\x02 \x01(\x03\"B\n\x0cUploadTarget\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x0f\n\x07put_url\x18\x02 \x01(\t\x12\x11\n\tmax_bytes\x18\x03 \x01(\x03\".\n\x0bInputSource\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x0f\n\x07get_url\x18\x02 \x01(\t\"\xb0\x04\n\nAssignment\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05\x66\x65nce\x18\x04 \x01(\x03\x12\x11\n\tbudget_ms\x18\x05 \x01(\x03\x12\x17\n\x0foutput_filename\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\r\n\x05token\x18\x08 \x01(\t\x12.\n\x08generate\x18\t \x01(\x0b\x32\x1a.imagemesh.v1.GenerateSpecH\x00\x12,\n\x07\x65nhance\x18\n \x01(\x0b\x32\x19.imagemesh.v1.EnhanceSpecH\x00\x12(\n\x06inputs\x18\x0b \x03(\x0b\x32\x18.imagemesh.v1.OutputFile\x12\x41\n\rtrace_context\x18\x0c \x03(\x0b\x32*.imagemesh.v1.Assignment.TraceContextEntry\x12+\n\x07uploads\x18\r \x03(\x0b\x32\x1a.imagemesh.v1.UploadTarget\x12*\n\x07sources\x18\x0e \x03(\x0b\x32\x19.imagemesh.v1.InputSource\x12\x15\n\rstorage_token\x18\x0f \x01(\t\x12\x18\n\x10inline_max_bytes\x18\x10 \x01(\x03\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"\xb2\x02\n\rAttemptResult\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05\x66\x65nce\x18\x04 \x01(\x03\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.imagemesh.v1.TaskState\x12\'\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x18.imagemesh.v1.OutputFile\x12&\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x17.imagemesh.v1.TaskError\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\r\n\x05tries\x18\t \x01(\x05\x12\x0e\n\x06run_ms\x18\n \x01(\x03\x12\r\n\x05model\x18\x0b \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\x13\n\x0b\x66\x61llback_ok\x18\r \x01(\x08\"\xc8\x01\n\rWorkerMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x19.imagemesh.v1.WorkerHello\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x05\x12,\n\x07results\x18\x03 \x03(\x0b\x32\x1b.imagemesh.v1.AttemptResult\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.imagemesh.v1.Heartbeat\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x10\n\x08returned\x18\x06 \x03(\t\"<\n\x07Welcome\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x03\"\x88\x01\n\x0eGatewayMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.imagemesh.v1.Welcome\x12-\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x18.imagemesh.v1.Assignment\x12\x0f\n\x07\x63\x61ncels\x18\x03 \x03(\t\x12\x0e\n\x06goaway\x18\x04 \x01(\x08\"F\n\x0fPutObjectHeader\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"[\n\x10PutObjectRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.imagemesh.v1.PutObjectHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"4\n\x0ePutObjectReply\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"1\n\x10GetObjectRequest\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\".\n\nObjectData\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"\\\n\x0bSmallObject\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"D\n\x16PutSmallObjectsRequest\x12*\n\x07objects\x18\x01 \x03(\x0b\x32\x19.imagemesh.v1.SmallObject\"R\n\rObjectReceipt\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"E\n\x14PutSmallObjectsReply\x12-\n\x08receipts\x18\x01 \x03(\x0b\x32\x1b.imagemesh.v1.ObjectReceipt2V\n\nWorkerLink\x12H\n\x07\x43onnect\x12\x1b.imagemesh.v1.WorkerMessage\x1a\x1c.imagemesh.v1.GatewayMessage(\x01\x30\x01\x32\x86\x02\n\rWorkerObjects\x12K\n\tPutObject\x12\x1e.imagemesh.v1.PutObjectRequest\x1a\x1c.imagemesh.v1.PutObjectReply(\x01\x12G\n\tGetObject\x12\x1e.imagemesh.v1.GetObjectRequest\x1a\x18.imagemesh.v1.ObjectData0\x01\x12_\n\x0fPutSmallObjects\x12$.imagemesh.v1.PutSmallObjectsRequest\x1a\".imagemesh.v1.PutSmallObjectsReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,18 +38,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERHELLO']._serialized_end=189
   _globals['_HEARTBEAT']._serialized_start=191
   _globals['_HEARTBEAT']._serialized_end=243
-  _globals['_ASSIGNMENT']._serialized_start=246
-  _globals['_ASSIGNMENT']._serialized_end=668
-  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=609
-  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=660
-  _globals['_ATTEMPTRESULT']._serialized_start=671
-  _globals['_ATTEMPTRESULT']._serialized_end=977
-  _globals['_WORKERMESSAGE']._serialized_start=980
-  _globals['_WORKERMESSAGE']._serialized_end=1180
-  _globals['_WELCOME']._serialized_start=1182
-  _globals['_WELCOME']._serialized_end=1242
-  _globals['_GATEWAYMESSAGE']._serialized_start=1245
-  _globals['_GATEWAYMESSAGE']._serialized_end=1381
-  _globals['_WORKERLINK']._serialized_start=1383
-  _globals['_WORKERLINK']._serialized_end=1469
+  _globals['_UPLOADTARGET']._serialized_start=245
+  _globals['_UPLOADTARGET']._serialized_end=311
+  _globals['_INPUTSOURCE']._serialized_start=313
+  _globals['_INPUTSOURCE']._serialized_end=359
+  _globals['_ASSIGNMENT']._serialized_start=362
+  _globals['_ASSIGNMENT']._serialized_end=922
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=863
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=914
+  _globals['_ATTEMPTRESULT']._serialized_start=925
+  _globals['_ATTEMPTRESULT']._serialized_end=1231
+  _globals['_WORKERMESSAGE']._serialized_start=1234
+  _globals['_WORKERMESSAGE']._serialized_end=1434
+  _globals['_WELCOME']._serialized_start=1436
+  _globals['_WELCOME']._serialized_end=1496
+  _globals['_GATEWAYMESSAGE']._serialized_start=1499
+  _globals['_GATEWAYMESSAGE']._serialized_end=1635
+  _globals['_PUTOBJECTHEADER']._serialized_start=1637
+  _globals['_PUTOBJECTHEADER']._serialized_end=1707
+  _globals['_PUTOBJECTREQUEST']._serialized_start=1709
+  _globals['_PUTOBJECTREQUEST']._serialized_end=1800
+  _globals['_PUTOBJECTREPLY']._serialized_start=1802
+  _globals['_PUTOBJECTREPLY']._serialized_end=1854
+  _globals['_GETOBJECTREQUEST']._serialized_start=1856
+  _globals['_GETOBJECTREQUEST']._serialized_end=1905
+  _globals['_OBJECTDATA']._serialized_start=1907
+  _globals['_OBJECTDATA']._serialized_end=1953
+  _globals['_SMALLOBJECT']._serialized_start=1955
+  _globals['_SMALLOBJECT']._serialized_end=2047
+  _globals['_PUTSMALLOBJECTSREQUEST']._serialized_start=2049
+  _globals['_PUTSMALLOBJECTSREQUEST']._serialized_end=2117
+  _globals['_OBJECTRECEIPT']._serialized_start=2119
+  _globals['_OBJECTRECEIPT']._serialized_end=2201
+  _globals['_PUTSMALLOBJECTSREPLY']._serialized_start=2203
+  _globals['_PUTSMALLOBJECTSREPLY']._serialized_end=2272
+  _globals['_WORKERLINK']._serialized_start=2274
+  _globals['_WORKERLINK']._serialized_end=2360
+  _globals['_WORKEROBJECTS']._serialized_start=2363
+  _globals['_WORKEROBJECTS']._serialized_end=2625
 # @@protoc_insertion_point(module_scope)

@@ -31,8 +31,26 @@ class Heartbeat(_message.Message):
     sent_unix_ms: int
     def __init__(self, in_flight: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ...) -> None: ...
 
+class UploadTarget(_message.Message):
+    __slots__ = ("object", "put_url", "max_bytes")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    PUT_URL_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    object: str
+    put_url: str
+    max_bytes: int
+    def __init__(self, object: _Optional[str] = ..., put_url: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class InputSource(_message.Message):
+    __slots__ = ("object", "get_url")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    GET_URL_FIELD_NUMBER: _ClassVar[int]
+    object: str
+    get_url: str
+    def __init__(self, object: _Optional[str] = ..., get_url: _Optional[str] = ...) -> None: ...
+
 class Assignment(_message.Message):
-    __slots__ = ("attempt_id", "task_id", "attempt", "fence", "budget_ms", "output_filename", "provider", "token", "generate", "enhance", "inputs", "trace_context")
+    __slots__ = ("attempt_id", "task_id", "attempt", "fence", "budget_ms", "output_filename", "provider", "token", "generate", "enhance", "inputs", "trace_context", "uploads", "sources", "storage_token", "inline_max_bytes")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +70,10 @@ class Assignment(_message.Message):
     ENHANCE_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INLINE_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     task_id: str
     attempt: int
@@ -64,7 +86,11 @@ class Assignment(_message.Message):
     enhance: _imagemesh_pb2.EnhanceSpec
     inputs: _containers.RepeatedCompositeFieldContainer[_imagemesh_pb2.OutputFile]
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, attempt_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fence: _Optional[int] = ..., budget_ms: _Optional[int] = ..., output_filename: _Optional[str] = ..., provider: _Optional[str] = ..., token: _Optional[str] = ..., generate: _Optional[_Union[_imagemesh_pb2.GenerateSpec, _Mapping]] = ..., enhance: _Optional[_Union[_imagemesh_pb2.EnhanceSpec, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_imagemesh_pb2.OutputFile, _Mapping]]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    uploads: _containers.RepeatedCompositeFieldContainer[UploadTarget]
+    sources: _containers.RepeatedCompositeFieldContainer[InputSource]
+    storage_token: str
+    inline_max_bytes: int
+    def __init__(self, attempt_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fence: _Optional[int] = ..., budget_ms: _Optional[int] = ..., output_filename: _Optional[str] = ..., provider: _Optional[str] = ..., token: _Optional[str] = ..., generate: _Optional[_Union[_imagemesh_pb2.GenerateSpec, _Mapping]] = ..., enhance: _Optional[_Union[_imagemesh_pb2.EnhanceSpec, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_imagemesh_pb2.OutputFile, _Mapping]]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., uploads: _Optional[_Iterable[_Union[UploadTarget, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[InputSource, _Mapping]]] = ..., storage_token: _Optional[str] = ..., inline_max_bytes: _Optional[int] = ...) -> None: ...
 
 class AttemptResult(_message.Message):
     __slots__ = ("attempt_id", "task_id", "attempt", "fence", "state", "files", "error", "provider", "tries", "run_ms", "model", "device", "fallback_ok")
@@ -131,3 +157,83 @@ class GatewayMessage(_message.Message):
     cancels: _containers.RepeatedScalarFieldContainer[str]
     goaway: bool
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancels: _Optional[_Iterable[str]] = ..., goaway: _Optional[bool] = ...) -> None: ...
+
+class PutObjectHeader(_message.Message):
+    __slots__ = ("object", "token", "content_type")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    object: str
+    token: str
+    content_type: str
+    def __init__(self, object: _Optional[str] = ..., token: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class PutObjectRequest(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: PutObjectHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[PutObjectHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutObjectReply(_message.Message):
+    __slots__ = ("object", "size_bytes")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    object: str
+    size_bytes: int
+    def __init__(self, object: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class GetObjectRequest(_message.Message):
+    __slots__ = ("object", "token")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    object: str
+    token: str
+    def __init__(self, object: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ObjectData(_message.Message):
+    __slots__ = ("data", "size_bytes")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class SmallObject(_message.Message):
+    __slots__ = ("id", "object", "token", "content_type", "data")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    object: str
+    token: str
+    content_type: str
+    data: bytes
+    def __init__(self, id: _Optional[int] = ..., object: _Optional[str] = ..., token: _Optional[str] = ..., content_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutSmallObjectsRequest(_message.Message):
+    __slots__ = ("objects",)
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[SmallObject]
+    def __init__(self, objects: _Optional[_Iterable[_Union[SmallObject, _Mapping]]] = ...) -> None: ...
+
+class ObjectReceipt(_message.Message):
+    __slots__ = ("id", "size_bytes", "error_code", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    size_bytes: int
+    error_code: str
+    error: str
+    def __init__(self, id: _Optional[int] = ..., size_bytes: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class PutSmallObjectsReply(_message.Message):
+    __slots__ = ("receipts",)
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    receipts: _containers.RepeatedCompositeFieldContainer[ObjectReceipt]
+    def __init__(self, receipts: _Optional[_Iterable[_Union[ObjectReceipt, _Mapping]]] = ...) -> None: ...

@@ -101,3 +101,167 @@ class WorkerLink:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class WorkerObjectsStub:
+    """The embedded store's object transfer for workers (API keys with the `worker` role).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PutObject = channel.stream_unary(
+                '/imagemesh.v1.WorkerObjects/PutObject',
+                request_serializer=imagemesh_dot_v1_dot_worker__pb2.PutObjectRequest.SerializeToString,
+                response_deserializer=imagemesh_dot_v1_dot_worker__pb2.PutObjectReply.FromString,
+                _registered_method=True)
+        self.GetObject = channel.unary_stream(
+                '/imagemesh.v1.WorkerObjects/GetObject',
+                request_serializer=imagemesh_dot_v1_dot_worker__pb2.GetObjectRequest.SerializeToString,
+                response_deserializer=imagemesh_dot_v1_dot_worker__pb2.ObjectData.FromString,
+                _registered_method=True)
+        self.PutSmallObjects = channel.stream_stream(
+                '/imagemesh.v1.WorkerObjects/PutSmallObjects',
+                request_serializer=imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsRequest.SerializeToString,
+                response_deserializer=imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsReply.FromString,
+                _registered_method=True)
+
+
+class WorkerObjectsServicer:
+    """The embedded store's object transfer for workers (API keys with the `worker` role).
+    """
+
+    def PutObject(self, request_iterator, context):
+        """Store one object of any size, streamed in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetObject(self, request, context):
+        """Read one object (a stored input), streamed in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutSmallObjects(self, request_iterator, context):
+        """Store many small objects on one long-lived stream; each gets a receipt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WorkerObjectsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PutObject': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutObject,
+                    request_deserializer=imagemesh_dot_v1_dot_worker__pb2.PutObjectRequest.FromString,
+                    response_serializer=imagemesh_dot_v1_dot_worker__pb2.PutObjectReply.SerializeToString,
+            ),
+            'GetObject': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetObject,
+                    request_deserializer=imagemesh_dot_v1_dot_worker__pb2.GetObjectRequest.FromString,
+                    response_serializer=imagemesh_dot_v1_dot_worker__pb2.ObjectData.SerializeToString,
+            ),
+            'PutSmallObjects': grpc.stream_stream_rpc_method_handler(
+                    servicer.PutSmallObjects,
+                    request_deserializer=imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsRequest.FromString,
+                    response_serializer=imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'imagemesh.v1.WorkerObjects', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('imagemesh.v1.WorkerObjects', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WorkerObjects:
+    """The embedded store's object transfer for workers (API keys with the `worker` role).
+    """
+
+    @staticmethod
+    def PutObject(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/imagemesh.v1.WorkerObjects/PutObject',
+            imagemesh_dot_v1_dot_worker__pb2.PutObjectRequest.SerializeToString,
+            imagemesh_dot_v1_dot_worker__pb2.PutObjectReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/imagemesh.v1.WorkerObjects/GetObject',
+            imagemesh_dot_v1_dot_worker__pb2.GetObjectRequest.SerializeToString,
+            imagemesh_dot_v1_dot_worker__pb2.ObjectData.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSmallObjects(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/imagemesh.v1.WorkerObjects/PutSmallObjects',
+            imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsRequest.SerializeToString,
+            imagemesh_dot_v1_dot_worker__pb2.PutSmallObjectsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

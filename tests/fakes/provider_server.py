@@ -20,6 +20,8 @@ apply to that token only, otherwise to all:
   fail_jobs    the next N jobs end as failed
   url_ttl      output URLs stop working after this many seconds (null: never)
   image_size   [w, h] of output images when the inputs do not say              default [64, 64]
+  output_bytes output images are this many bytes (a real PNG padded with zeros after its end,
+               streamed from `GET /blob/{n}/{w}x{h}/{name}`): large outputs without large memory
   valid_tokens list of accepted tokens (global only; null: any non-empty token). Others get 401,
                with the token echoed in the message as some real APIs do (adapters must scrub it).
   reset        true: forget knobs, stats and jobs.
@@ -76,6 +78,7 @@ class Knobs:
     fail_jobs: int = 0
     url_ttl: float | None = None
     image_size: tuple[int, int] = (64, 64)
+    output_bytes: int | None = None
 
     def apply(self, spec: dict[str, Any]) -> None:
         if "latency" in spec:
@@ -90,6 +93,8 @@ class Knobs:
             self.url_ttl = spec["url_ttl"]
         if "image_size" in spec:
             self.image_size = tuple(spec["image_size"])
+        if "output_bytes" in spec:
+            self.output_bytes = spec["output_bytes"]
 
     def draw_latency(self) -> float:
         if isinstance(self.latency, (list, tuple)):
@@ -249,7 +254,8 @@ class FakeState:
         query = ""
         if knobs.url_ttl is not None:
             query = f"?exp={int((time.time() + knobs.url_ttl) * 1000)}"
-        return [{"url": f"{job.origin}/files/{width}x{height}/{job.id}_{i}.png{query}",
+        path = f"/blob/{knobs.output_bytes}/" if knobs.output_bytes else "/files/"
+        return [{"url": f"{job.origin}{path}{width}x{height}/{job.id}_{i}.png{query}",
                  "width": width, "height": height, "content_type": "image/png"}
                 for i in range(max(1, count))]
 
@@ -548,6 +554,22 @@ async def serve_file(request: web.Request) -> web.Response:
     return web.Response(body=png(width, height), content_type="image/png")
 
 
+async def serve_blob(request: web.Request) -> web.StreamResponse:
+    """A PNG padded to `n` bytes, written in chunks (the fake never holds it whole)."""
+    size = int(request.match_info["n"])
+    head = png(min(int(request.match_info["w"]), 2048), min(int(request.match_info["h"]), 2048))
+    response = web.StreamResponse(headers={"Content-Type": "image/png"})
+    response.content_length = max(size, len(head))
+    await response.prepare(request)
+    await response.write(head)
+    left, zeros = size - len(head), bytes(256 * 1024)
+    while left > 0:
+        await response.write(zeros[:left])
+        left -= len(zeros)
+    await response.write_eof()
+    return response
+
+
 async def redirect(request: web.Request) -> web.Response:
     """`GET /redirect?to=URL`: a 302 to anywhere, for the URL guard's tests."""
     raise web.HTTPFound(request.query.get("to", str(request.rel_url)))  # no `to`: a loop
@@ -572,6 +594,7 @@ def make_app(state: FakeState | None = None) -> web.Application:
     app.router.add_post("/_control", control)
     app.router.add_get("/_stats", stats)
     app.router.add_get(r"/files/{w:\d+}x{h:\d+}/{name}", serve_file)
+    app.router.add_get(r"/blob/{n:\d+}/{w:\d+}x{h:\d+}/{name}", serve_blob)
     app.router.add_get("/redirect", redirect)
     app.router.add_post("/v1/models/{owner}/{name}/predictions", replicate_create)
     app.router.add_post("/v1/predictions", replicate_create)

@@ -22,6 +22,7 @@ async def test_limit_8_holds_at_the_provider_while_workers_and_a_gateway_are_kil
     async with FakeProviders(latency=[0.05, 0.3]) as fake:
         m = mesh_factory(IMAGEMESH_DEFAULT_PROVIDERS="replicate", IMAGEMESH_KEY_LIMITS="replicate=8",
                          IMAGEMESH_REPLICATE_BASE_URL=fake.url, IMAGEMESH_CAPACITY="6",
+                         IMAGEMESH_ALLOW_PRIVATE_URLS="1",  # outputs are copied from the fake on loopback
                          IMAGEMESH_LEASE_TTL="2", IMAGEMESH_MAX_JOB_RUNTIME="4",
                          IMAGEMESH_HEARTBEAT_INTERVAL="0.5", IMAGEMESH_MAX_ATTEMPTS="20")
         g1, g2 = m.start_gateway(), m.start_gateway()

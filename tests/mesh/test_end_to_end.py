@@ -9,6 +9,7 @@ from PIL import Image
 
 from imagemesh.client import Client, generate
 from imagemesh.v1 import imagemesh_pb2 as pb
+from tests.outputs import output_bytes
 from tests.processes import CLIENT_KEY
 
 
@@ -36,10 +37,12 @@ async def test_200_tasks_stream_back_200_distinct_decodable_images(client):
     for r in results:
         assert [f.filename for f in r.files] == [f"lighthouse_{r.task_index}.png"]
         assert r.provider == "local"
-        img = Image.open(io.BytesIO(r.files[0].data))
+        assert r.files[0].object and r.files[0].WhichOneof("location") is None, "stored, not inline"
+        data = await output_bytes(client, events[0][1].batch_id, r.files[0])
+        img = Image.open(io.BytesIO(data))
         img.load()
-        assert img.size == (64, 64)
-        payloads.add(r.files[0].data)
+        assert img.size == (64, 64) and r.files[0].size_bytes == len(data)
+        payloads.add(data)
     assert len(payloads) == 200, "every task rendered its own image"
     summary = events[-1][1].summary
     assert (summary.total, summary.succeeded, summary.failed) == (200, 200, 0)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from imagemesh.client import Client, enhance, generate
 from imagemesh.v1 import imagemesh_pb2 as pb
+from tests.outputs import output_bytes
 from tests.processes import CLIENT_KEY
 
 
@@ -26,13 +27,14 @@ async def test_then_enhance_sends_each_generated_output_through_the_enhance_pool
         tasks = [generate("a boat", "boat.png", num_outputs=2, width=40, height=30, then_enhance=spec),
                  generate("a tree", "tree.png", width=32, height=32)]
         events = [e async for e in c.submit(tasks)]
-    results = {e.result.task_index: e.result for e in events if e.HasField("result")}
-    boat = results[0]
-    assert boat.state == pb.SUCCEEDED, boat.error.message
-    assert [f.filename for f in boat.files] == ["boat_1.jpg", "boat_2.jpg"]
-    assert [size_of(f.data) for f in boat.files] == [(80, 60), (80, 60)]
-    assert boat.provider == "local" and "lanczos-fallback" in boat.model
-    assert size_of(results[1].files[0].data) == (32, 32)
+        results = {e.result.task_index: e.result for e in events if e.HasField("result")}
+        boat = results[0]
+        assert boat.state == pb.SUCCEEDED, boat.error.message
+        assert [f.filename for f in boat.files] == ["boat_1.jpg", "boat_2.jpg"]
+        batch_id = events[0].batch_id
+        assert [size_of(await output_bytes(c, batch_id, f)) for f in boat.files] == [(80, 60), (80, 60)]
+        assert boat.provider == "local" and "lanczos-fallback" in boat.model
+        assert size_of(await output_bytes(c, batch_id, results[1].files[0])) == (32, 32)
 
 
 @pytest.mark.enhance
@@ -46,8 +48,8 @@ async def test_enhance_task_runs_the_real_models_in_the_worker_process(mesh_fact
         tasks = [enhance(png.getvalue(), "photo.png", upscale=2, restore_faces=False),
                  enhance(b"not an image", "broken.png", upscale=2)]
         events = [e async for e in c.submit(tasks)]
-    results = {e.result.task_index: e.result for e in events if e.HasField("result")}
-    assert results[0].state == pb.SUCCEEDED, results[0].error.message
-    assert size_of(results[0].files[0].data) == (96, 80)
+        results = {e.result.task_index: e.result for e in events if e.HasField("result")}
+        assert results[0].state == pb.SUCCEEDED, results[0].error.message
+        assert size_of(await output_bytes(c, events[0].batch_id, results[0].files[0])) == (96, 80)
     assert "RealESRGAN" in results[0].model and results[0].device == "cpu"
     assert results[1].state == pb.FAILED and results[1].error.code == "INVALID_INPUT"

@@ -144,7 +144,7 @@ async def test_identical_tasks_in_flight_run_once_and_every_caller_gets_the_resu
     assert jobs == 1, "identical in-flight tasks ran once"
     assert a.state == b.state == pb.SUCCEEDED
     assert sorted([a.deduplicated, b.deduplicated]) == [False, True]
-    assert a.files[0].url == b.files[0].url
+    assert a.files[0].object and a.files[0].object == b.files[0].object, "one stored output, shared"
     assert a.files[0].filename == "a.png" and b.files[0].filename == "b.png"
     assert a.labels["who"] == "a" and b.labels["who"] == "b"
 

@@ -79,7 +79,7 @@ async def test_default_message_limit_is_16_mib(mesh_factory):
 @pytest.mark.timeout(120)
 async def test_results_larger_than_a_message_fail_alone_and_the_rest_arrive(mesh_factory):
     """With a small message limit on both sides, a worker splits its results over several
-    frames, and the one result that can't fit any frame fails alone (INVALID_INPUT), instead of
+    frames, and the one result that can't fit any frame fails alone (OUTPUT_TOO_LARGE), instead of
     a refused frame breaking the stream and every attempt on it."""
     limit = 100_000
     m = mesh_factory(IMAGEMESH_MAX_MESSAGE_BYTES=str(limit), IMAGEMESH_CAPACITY="8")
@@ -94,7 +94,7 @@ async def test_results_larger_than_a_message_fail_alone_and_the_rest_arrive(mesh
             if event.HasField("result"):
                 results[event.result.output_filename] = event.result
     big = results.pop("big.jpg")
-    assert big.state == pb.FAILED and big.error.code == "INVALID_INPUT" and "IMAGEMESH_MAX_MESSAGE_BYTES" in big.error.message
+    assert big.state == pb.FAILED and big.error.code == "OUTPUT_TOO_LARGE" and "IMAGEMESH_MAX_MESSAGE_BYTES" in big.error.message
     assert {r.state for r in results.values()} == {pb.SUCCEEDED} and len(results) == 6
     assert all(r.attempts == 1 for r in results.values())  # nothing re-ran after a broken stream
     assert worker.log().count("connected to gateway") == 1

@@ -26,7 +26,8 @@ def test_public_api_names_are_the_contract():
     from imagemesh.v1 import imagemesh_pb2 as pb
 
     service = pb.DESCRIPTOR.services_by_name["ImageMesh"]
-    assert set(service.methods_by_name) == {"SubmitBatch", "Stream", "WatchBatch", "GetBatch", "CancelBatch"}
+    assert set(service.methods_by_name) == {"SubmitBatch", "Stream", "WatchBatch", "GetBatch", "CancelBatch",
+                                            "DownloadFile", "UploadInput"}
     admin = pb.DESCRIPTOR.services_by_name["MeshAdmin"]
     assert set(admin.methods_by_name) == {"ListKeys", "SetKeyLimit", "ListWorkers", "ListProviders"}
     fields = {f.name for f in pb.TaskResult.DESCRIPTOR.fields}
