@@ -159,6 +159,15 @@ async def cmd_watch(client: Client, args) -> int:
     return batch_outcome(summary)
 
 
+class UsageError(Exception):
+    """Input refused before anything is sent (exit 2)."""
+
+
+def prepare_download(args) -> None:
+    if args.zip and Path(args.zip).exists():
+        raise UsageError(f"{args.zip} exists; choose another name (nothing is overwritten)")
+
+
 async def cmd_download(client: Client, args) -> int:
     try:
         counts = await downloads.download_batch(client, args.batch, directory=Path(args.dir) if args.dir else None,
@@ -292,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("watch", cmd_watch, "replay a batch's events, then follow until the summary")
     p.add_argument("batch")
     p.add_argument("--after", default="", help="cursor to resume after")
-    p = command("download", cmd_download, "save every output of a batch (follows it until it ends)")
+    p = command("download", cmd_download, "save every output of a batch (follows it until it ends)",
+                prepare=prepare_download)
     p.add_argument("batch")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--dir", help="into DIR/<task index>/<filename> (existing files are kept)")
@@ -337,7 +347,7 @@ def run(argv: list[str] | None = None) -> int:
         if hasattr(args, "prepare"):
             args.prepare(args)
         return asyncio.run(amain(args))
-    except TasksFileError as exc:
+    except (TasksFileError, UsageError) as exc:
         terminal.fail(str(exc))
         return Exit.USAGE
     except grpc.aio.AioRpcError as exc:

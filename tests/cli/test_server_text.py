@@ -55,7 +55,7 @@ def test_bracketed_filenames_and_messages_through_the_real_cli(mesh, tmp_path):
     assert ran.code == 1, ran  # the task with the unknown provider failed, alone
     assert any(line.startswith("✓ #0 [red]m.png (local") for line in ran.err_lines), ran.err
     assert any(line.startswith("✗ #1 FAILED ") and "'[/bold]'" in line for line in ran.err_lines), ran.err
-    assert (downloads / "[red]m.png").read_bytes().startswith(b"\x89PNG")
+    assert (downloads / "0" / "[red]m.png").read_bytes().startswith(b"\x89PNG")  # DIR/<task index>/<name>
 
     batch_id = json.loads((tmp_path / "r.json").read_text())["batch_id"]
     watched = cli("watch", batch_id, **env)

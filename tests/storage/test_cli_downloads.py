@@ -73,7 +73,7 @@ async def test_download_a_finished_batch_as_a_zip_and_into_a_directory(mesh_fact
     with zipfile.ZipFile(tmp_path / "batch.zip") as archive:
         assert {n: archive.read(n) for n in archive.namelist()} == expected
     refused = cli(m, "download", batch_id, "--zip", "batch.zip", cwd=tmp_path)
-    assert refused.returncode == 1 and "exists" in refused.stderr
+    assert refused.returncode == 2 and "exists" in refused.stderr  # refused before anything is sent
     assert not list(tmp_path.glob(".batch.zip*")), "no partial file left"
 
     done = cli(m, "download", batch_id, "--dir", "out", cwd=tmp_path)
@@ -96,5 +96,5 @@ async def test_another_tenants_batch_cannot_be_downloaded(mesh_factory, tmp_path
     async with Client(m.address, OTHER_CLIENT_KEY) as other:
         events = [e async for e in other.submit([generate("theirs", "t.png", width=16, height=16)])]
     done = cli(m, "download", events[0].batch_id, "--dir", "stolen", cwd=tmp_path)
-    assert done.returncode == 2 and "NOT_FOUND" in done.stderr
+    assert done.returncode == 4 and "NOT_FOUND" in done.stderr  # refused by the gateway
     assert not (tmp_path / "stolen").exists()

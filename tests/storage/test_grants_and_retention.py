@@ -100,19 +100,19 @@ async def test_two_attempts_of_one_task_get_disjoint_targets_and_grants(redis, d
     from imagemesh.v1 import worker_pb2 as wpb
 
     batches = BatchStore(redis)
-    await batches.create("b7", "team-a", 1, closed=True, accepted=pb.Accepted(batch_id="b7"))
+    assert (await batches.reserve("b7", "team-a", 1, writer="w")).outcome == "write"
     grants = Grants("k")
     outputs = Outputs(store=directory_store, batches=batches, retention=Retention(redis), grants=grants,
                       settings=OutputSettings())
     task = pb.Task(output_filename="fox.png", generate=pb.GenerateSpec(prompt="x", num_outputs=2))
     first, second = (wpb.Assignment(output_filename="fox.png", generate=task.generate) for _ in range(2))
-    await outputs.prepare(first, "b7", 0, 1, task)
-    await outputs.prepare(second, "b7", 0, 2, task)
+    await outputs.prepare(first, "team-a", "b7", 0, 1, task)
+    await outputs.prepare(second, "team-a", "b7", 0, 2, task)
     assert [u.object for u in first.uploads] == ["team-a/b7/0/1/fox_1.png", "team-a/b7/0/1/fox_2.png"]
     assert [u.object for u in second.uploads] == ["team-a/b7/0/2/fox_1.png", "team-a/b7/0/2/fox_2.png"]
     assert not grants.verify(first.storage_token).may_write(second.uploads[0].object)
     assert not grants.verify(second.storage_token).may_write(first.uploads[0].object)
     # A result that names another attempt's object is refused before it is recorded.
     stolen = wpb.AttemptResult(state=pb.SUCCEEDED, files=[pb.OutputFile(object=first.uploads[0].object)])
-    await outputs.accept([("b7", 0, 2, stolen)])
+    assert outputs.check("team-a", "b7", 0, 2, stolen) == {}
     assert stolen.state == pb.FAILED and not stolen.files and stolen.error.code == "INTERNAL"
