@@ -114,7 +114,8 @@ class EnhanceEngine:
         self._executor = executor
         self._http = http
         # Where outputs are written and stored inputs read; its `channel` is set by the worker.
-        self.objects = objects or ObjectLink(http=http, api_key=settings.api_key)
+        self.objects = objects or ObjectLink(http=http, api_key=settings.api_key,
+                                             max_message_bytes=settings.max_message_bytes)
         self._tile_cost = settings.tile_cost or (4.0 if self.device.startswith("cuda") else 2.0)
         metrics.ENHANCE_COST_BUDGET.labels(self.device).set(settings.cost_budget)
         self._oom_errors: tuple[type[BaseException], ...] = ()

@@ -38,7 +38,7 @@ async def amain(s: WorkerSettings) -> int:
     providers["local"] = LocalProvider(latency=s.local_latency_ms / 1000)
     # Uploads to presigned URLs get sharded pools too (one per 4 slots), for the same reason.
     storage_http = [new_client(max_connections=8) for _ in range(max(1, s.capacity // 4))]
-    objects = ObjectLink(http=storage_http, api_key=s.api_key)
+    objects = ObjectLink(http=storage_http, api_key=s.api_key, max_message_bytes=s.max_message_bytes)
     executor = GenerateExecutor(providers, policy=RetryPolicy(max_tries=s.max_tries), http=http,
                                 inline_max_bytes=s.inline_max_bytes, allow_private_urls=s.allow_private_urls,
                                 default_models=parse_mapping(s.default_models), objects=objects,

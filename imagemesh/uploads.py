@@ -51,6 +51,8 @@ DEFAULT_INLINE_MAX = 16 * 1024 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
 SMALL_OBJECT_BYTES = 256 * 1024
 SMALL_FRAME_BYTES = 1024 * 1024
+# Room for a message's own fields around its bytes (object key, token, content type).
+MESSAGE_MARGIN = 16 * 1024
 
 
 @dataclass
@@ -77,6 +79,13 @@ async def _capped(chunks: AsyncIterator[bytes], limit: int, what: str) -> AsyncI
         yield chunk
 
 
+async def _rechunked(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """The same bytes in pieces of at most `size` (a provider's stream may hand over more)."""
+    async for chunk in chunks:
+        for start in range(0, len(chunk), size):
+            yield chunk[start:start + size]
+
+
 async def _prefixed(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     for chunk in head:
         yield chunk
@@ -90,8 +99,9 @@ class SmallObjectStream:
     stream breaks, every object still waiting fails with Unavailable and the stream is `broken`
     (the next put opens another)."""
 
-    def __init__(self, channel: grpc.aio.Channel, metadata) -> None:
+    def __init__(self, channel: grpc.aio.Channel, metadata, frame_bytes: int = SMALL_FRAME_BYTES) -> None:
         self.channel = channel
+        self.frame_bytes = frame_bytes
         self.broken = False
         self._pending: deque[tuple[wpb.SmallObject, asyncio.Future]] = deque()
         self._waiting: dict[int, asyncio.Future] = {}
@@ -117,7 +127,7 @@ class SmallObjectStream:
                 while self._pending:
                     batch: list[wpb.SmallObject] = []
                     size = 0
-                    while self._pending and (not batch or size + len(self._pending[0][0].data) <= SMALL_FRAME_BYTES):
+                    while self._pending and (not batch or size + len(self._pending[0][0].data) <= self.frame_bytes):
                         msg, future = self._pending.popleft()
                         if future.done():  # its attempt was cancelled meanwhile
                             continue
@@ -167,10 +177,16 @@ class SmallObjectStream:
 class ObjectLink:
     """`http`: the client (or clients, used in turn) for presigned URLs. Several small pools
     beat one large one when many uploads run at once: httpcore's pool costs CPU that grows with
-    the square of its connections (see gen_worker.providers.http)."""
+    the square of its connections (see gen_worker.providers.http). `max_message_bytes`: the
+    gateway's message limit; every message to the embedded store stays below it."""
 
     def __init__(self, *, http: httpx.AsyncClient | Sequence[httpx.AsyncClient], api_key: str,
-                 channel: Callable[[], grpc.aio.Channel | None] | None = None) -> None:
+                 channel: Callable[[], grpc.aio.Channel | None] | None = None,
+                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        room = max(4096, max_message_bytes - MESSAGE_MARGIN)
+        self.chunk_bytes = min(CHUNK_BYTES, room)
+        self.small_object_bytes = min(SMALL_OBJECT_BYTES, room)
+        self.small_frame_bytes = min(SMALL_FRAME_BYTES, room)
         clients = [http] if isinstance(http, httpx.AsyncClient) else list(http)
         self.http = clients[0]
         self._clients = itertools.cycle(clients)
@@ -198,7 +214,7 @@ class ObjectLink:
             raise OutputTooLarge(f"{what} is {body.length} bytes, over the limit of {target.max_bytes}")
         chunks = _capped(body.chunks, target.max_bytes, what)
         # Read a small body whole: it may go inline, or as a small object.
-        head_max = inline_max if target.put_url else max(inline_max, min(SMALL_OBJECT_BYTES, target.max_bytes))
+        head_max = inline_max if target.put_url else max(inline_max, min(self.small_object_bytes, target.max_bytes))
         if head_max and (body.length is None or body.length <= head_max):
             head, size = [], 0
             async for chunk in chunks:
@@ -212,7 +228,7 @@ class ObjectLink:
                 if size <= inline_max:
                     f.data = data
                     return f
-                if not target.put_url:
+                if not target.put_url and size <= self.small_object_bytes:
                     await self._put_small(a.storage_token, target.object, data, content_type, what)
                     f.object = target.object
                     return f
@@ -279,7 +295,7 @@ class ObjectLink:
         if self._small is None or self._small.broken or self._small.channel is not channel:
             if self._small is not None:
                 await self._small.aclose()
-            self._small = SmallObjectStream(channel, self._metadata)
+            self._small = SmallObjectStream(channel, self._metadata, self.small_frame_bytes)
         receipt = await self._small.put(obj, token, content_type, data)
         if receipt.error_code:
             raise self._refused(receipt.error_code, receipt.error, what)
@@ -294,7 +310,7 @@ class ObjectLink:
         try:
             await call.write(wpb.PutObjectRequest(header=wpb.PutObjectHeader(
                 object=obj, token=token, content_type=content_type)))
-            async for chunk in chunks:
+            async for chunk in _rechunked(chunks, self.chunk_bytes):
                 await call.write(wpb.PutObjectRequest(data=chunk))
             await call.done_writing()
             reply = await call

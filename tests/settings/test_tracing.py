@@ -125,7 +125,9 @@ async def test_one_trace_from_client_submit_to_the_provider_request(mesh_factory
     otel = {"IMAGEMESH_TRACING": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
             "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "100"}
     m = mesh_factory(IMAGEMESH_DEFAULT_PROVIDERS="replicate", IMAGEMESH_KEY_LIMITS="replicate=4",
-                     IMAGEMESH_REPLICATE_BASE_URL=provider_url, **otel)
+                     IMAGEMESH_REPLICATE_BASE_URL=provider_url, **otel,
+                     # Storage off: the fake's output URL (not on 127.0.0.1) is passed on, never fetched.
+                     IMAGEMESH_STORAGE_URL="none")
     gw = m.start_gateway()
     worker = m.start_worker()
     async with Client(m.address, CLIENT_KEY) as c:

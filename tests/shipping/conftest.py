@@ -26,7 +26,7 @@ from tests.conftest import ROOT
 WHEEL_SOURCES = ("pyproject.toml", "setup.py", "README.md", "protos", "examples", "imagemesh", "gateway",
                  "gen_worker", "enhance_worker")
 # Distributions a client-only install must not bring (they belong to the server extras or tools).
-SERVER_ONLY = {"redis", "hiredis", "prometheus-client", "httpx", "cryptography", "pillow", "numpy",
+SERVER_ONLY = {"redis", "hiredis", "prometheus-client", "obstore", "cryptography", "pillow", "numpy",
                "grpcio-health-checking", "grpcio-reflection", "grpcio-tools", "opencv-python", "torch"}
 
 

@@ -43,7 +43,8 @@ def floor(req: Requirement) -> Version:
 
 
 def test_base_install_is_the_client_and_its_cli():
-    assert set(requirements()) == {"grpcio", "protobuf", "rich"}
+    # rich draws the CLI; httpx fetches outputs given by URL (a provider's, a presigned S3 GET).
+    assert set(requirements()) == {"grpcio", "protobuf", "rich", "httpx"}
 
 
 def test_grpcio_floor_is_the_version_the_generated_stubs_check():
@@ -80,7 +81,7 @@ def test_generator_is_a_tool_of_the_test_extra_matching_the_stubs():
 
 def test_server_extras_hold_the_server_dependencies():
     server = requirements("server")
-    assert {"redis", "prometheus-client", "httpx", "cryptography", "pillow", "numpy",
+    assert {"redis", "prometheus-client", "cryptography", "pillow", "numpy", "obstore",
             "grpcio-health-checking", "grpcio-reflection"} <= set(server)
     assert not any(s.operator.startswith("<") for s in server["redis"].specifier)
     for extra in ("demo", "enhance"):
@@ -89,7 +90,7 @@ def test_server_extras_hold_the_server_dependencies():
 
 def test_importing_the_client_and_cli_loads_no_server_module():
     code = ("import sys, imagemesh, imagemesh.cli\n"
-            "print(sorted({'redis', 'prometheus_client', 'httpx', 'cryptography', 'numpy', 'PIL', 'cv2',"
+            "print(sorted({'redis', 'prometheus_client', 'obstore', 'cryptography', 'numpy', 'PIL', 'cv2',"
             " 'gateway', 'gen_worker', 'enhance_worker'} & {m.split('.')[0] for m in sys.modules}))")
     done = subprocess.run([sys.executable, "-c", code], env=python_env(), cwd=ROOT, capture_output=True,
                           text=True, timeout=60)

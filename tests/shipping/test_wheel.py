@@ -60,13 +60,13 @@ def test_client_install_brings_only_the_client_dependencies(client_venv):
                            "import importlib.metadata as m; print('\\n'.join(m.requires('imagemesh')))"],
                           cwd=client_venv.path)
     base = {re.split(r"[ <>=!~;\[]", r, maxsplit=1)[0].lower() for r in out.stdout.splitlines() if "extra ==" not in r}
-    assert base == {"grpcio", "protobuf", "rich"}
+    assert base == {"grpcio", "protobuf", "rich", "httpx"}
 
 
 def test_client_imports_and_the_cli_runs_without_the_server_side(client_venv, tmp_path):
     code = ("import imagemesh, imagemesh.cli, imagemesh.v1.imagemesh_pb2_grpc, sys\n"
             "from imagemesh import Client, enhance, generate\n"
-            "server = {'redis', 'prometheus_client', 'httpx', 'cryptography', 'numpy', 'PIL'}\n"
+            "server = {'redis', 'prometheus_client', 'obstore', 'cryptography', 'numpy', 'PIL'}\n"
             "assert not server & set(sys.modules), server & set(sys.modules)\n")
     done = client_venv.run([client_venv.python, "-c", code], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -134,8 +134,9 @@ def test_the_installed_cli_submits_a_batch_to_a_real_mesh(client_venv, redis_ser
                                 "submit", str(tasks), "--out", str(results), "--download", str(out)],
                                cwd=tmp_path, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert {p.name for p in out.iterdir()} == {"red.png", "blue.png"}
-        assert all(p.read_bytes().startswith(PNG) for p in out.iterdir())
+        saved = sorted(out.glob("*/*"))  # DIR/<task index>/<filename>: same names never collide
+        assert [p.relative_to(out).as_posix() for p in saved] == ["0/red.png", "1/blue.png"]
+        assert all(p.read_bytes().startswith(PNG) for p in saved)
         assert len(json.loads(results.read_text())["successful_results"]) == 2
     finally:
         mesh.close()

@@ -82,7 +82,9 @@ async def test_results_larger_than_a_message_fail_alone_and_the_rest_arrive(mesh
     frames, and the one result that can't fit any frame fails alone (OUTPUT_TOO_LARGE), instead of
     a refused frame breaking the stream and every attempt on it."""
     limit = 100_000
-    m = mesh_factory(IMAGEMESH_MAX_MESSAGE_BYTES=str(limit), IMAGEMESH_CAPACITY="8")
+    # Storage off: outputs ride in the results (with storage, they never reach a frame).
+    m = mesh_factory(IMAGEMESH_MAX_MESSAGE_BYTES=str(limit), IMAGEMESH_CAPACITY="8", IMAGEMESH_STORAGE_URL="none",
+                     IMAGEMESH_INLINE_MAX_BYTES=str(4 * limit))
     m.start_gateway()
     worker = m.start_worker()
     tasks = [generate(f"fox {i}", f"fox{i}.jpg", providers=["local"], width=1024, height=1024, format="jpg")
