@@ -90,6 +90,10 @@ return n
 """
 
 
+# Script names as the fault-injection sweep labels them (tests/faults).
+SCRIPTS = {"RETENTION_RECORD": _RECORD, "RETENTION_CLAIM": _CLAIM, "RETENTION_FORGET": _FORGET}
+
+
 class Retention:
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "im", retention: float = 86400.0,
                  claim_seconds: float = 300.0) -> None:

@@ -23,7 +23,7 @@ from collections import Counter
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import batches, dedup
+from gateway import batches, dedup, retention
 from imagemesh import leases
 from tests.conftest import RedisServer
 from tests.fakes.provider_server import FakeProviders
@@ -33,7 +33,7 @@ from tests.processes import Mesh
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
-SCRIPTS = {**batches.SCRIPTS, **dedup.SCRIPTS,
+SCRIPTS = {**batches.SCRIPTS, **dedup.SCRIPTS, **retention.SCRIPTS,
            **{n: getattr(leases, n) for n in ("ACQUIRE", "RENEW", "RELEASE", "ABANDON", "SET_LIMIT", "STATE")}}
 
 # Commands issued on timers (renewals, touches, claims, gauges): how often they come depends on
@@ -55,6 +55,9 @@ PATH = [
     "SADD im:lease:keys", "XREADGROUP im:q:{...}", "START", "HGETALL im:{...}:cred", "RELEASE", "NEXT",
     "XACK im:q:{...}", "XDEL im:q:{...}", "RENEW", "XCLAIM im:q:{...}", "FINISH", "ABANDON",
     "XAUTOCLAIM im:q:{...}", "STATE", "HGET im:{...}:tasks", "DEDUP_TAKE", "DEL im:dd:{...}:taken:*",
+    # Object storage: the tenant's stored bytes (quota), each batch indexed for retention at its
+    # first assignment, the bytes of each stored output counted.
+    "HGET im:{...}:tenant", "RETENTION_RECORD",
 ]
 
 
