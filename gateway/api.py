@@ -119,7 +119,8 @@ class ImageMeshServicer(FileTransfer, pb_grpc.ImageMeshServicer):
             try:
                 async for msg in request_iterator:
                     if msg.HasField("task"):
-                        await self.service.add_to_session(caller, batch_id, index, msg.task, tokens)
+                        await self.service.add_to_session(caller, batch_id, index, msg.task, tokens,
+                                                          first.open.priority)
                         index += 1
                     elif msg.HasField("close"):
                         await self.service.close_session(batch_id)

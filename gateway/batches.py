@@ -54,6 +54,7 @@ import redis.asyncio as aioredis
 
 from imagemesh.v1 import imagemesh_pb2 as pb
 
+from .lua import Scripts
 from .states import FINAL, LUA_STATES
 
 FINAL_STATES = FINAL
@@ -210,80 +211,102 @@ end
 return 1
 """
 
-# KEYS: tasks, meta, events, stash. ARGV: index, attempt ('*' = any), state, result payload,
-# retention s, retire (0|1).
-# Returns 1 when this report became the task's result, 0 when it was stale (task final, or
-# the attempt no longer live), 2 when retire=1 and another attempt of the task is live: this
+# KEYS: tasks, meta, events, stash. ARGV: retention s, then per result: index, attempt ('*' =
+# any), state, result payload, retire (0|1).
+# For each result: 1 when it became the task's result, 0 when it was stale (task final, or the
+# attempt no longer live), 2 when retire=1 and another attempt of the task is live: this
 # attempt only stops being live (a raced attempt that failed while another still runs).
 _FINISH = _TASK + _SUMMARY + """
-local i = ARGV[1]
-local st = state(KEYS[1], i)
-if st < 0 or is_final(st) then return 0 end
-if ARGV[2] ~= '*' and not live(KEYS[1], i, ARGV[2]) then return 0 end
-local new = tonumber(ARGV[3])
-if not is_final(new) then return redis.error_reply('FINISH: state ' .. ARGV[3] .. ' is not final') end
-if ARGV[6] == '1' and others_live(KEYS[1], i, ARGV[2]) then
-  retire(KEYS[1], i, ARGV[2])
-  return 2
+local out = {}
+for k = 2, #ARGV, 5 do
+  local i, attempt, payload = ARGV[k], ARGV[k + 1], ARGV[k + 3]
+  local new = tonumber(ARGV[k + 2])
+  if not is_final(new) then return redis.error_reply('FINISH: state ' .. ARGV[k + 2] .. ' is not final') end
+  local st = state(KEYS[1], i)
+  local won = 0
+  if st >= 0 and not is_final(st) and (attempt == '*' or live(KEYS[1], i, attempt)) then
+    if ARGV[k + 4] == '1' and others_live(KEYS[1], i, attempt) then
+      retire(KEYS[1], i, attempt)
+      won = 2
+    else
+      redis.call('HSET', KEYS[1], i .. ':st', new)
+      if redis.call('HEXISTS', KEYS[1], i .. ':dd') == 1 then redis.call('HSET', KEYS[1], i .. ':res', payload) end
+      record(KEYS[2], KEYS[3], KEYS[1], KEYS[4], i, new, payload, ARGV[1])
+      won = 1
+    end
+  end
+  out[#out + 1] = won
 end
-redis.call('HSET', KEYS[1], i .. ':st', new)
-if redis.call('HEXISTS', KEYS[1], i .. ':dd') == 1 then redis.call('HSET', KEYS[1], i .. ':res', ARGV[4]) end
-record(KEYS[2], KEYS[3], KEYS[1], KEYS[4], i, new, ARGV[4], ARGV[5])
-return 1
+return out
 """
 
-# KEYS: tasks. ARGV: index, attempt, queue entry id. May this entry run this attempt? Only if
-# the task is not final, the attempt is live, and no other entry started it (a duplicate entry
-# left by a crash between a requeue's steps). Marks the task RUNNING. Returns 1 to go ahead,
-# 0 to drop the entry.
+# KEYS: tasks. ARGV: per attempt: index, attempt, queue entry id. May each entry run its
+# attempt? Only if the task is not final, the attempt is live, and no other entry started it
+# (a duplicate entry left by a crash between a requeue's steps). Marks the task RUNNING.
+# For each: 1 to go ahead, 0 to drop the entry.
 _START = _TASK + """
-local i, n = ARGV[1], ARGV[2]
-local st = state(KEYS[1], i)
-if st < 0 or is_final(st) or not live(KEYS[1], i, n) then return 0 end
-local run = redis.call('HGET', KEYS[1], i .. ':run:' .. n)
-if run and run ~= ARGV[3] then return 0 end
-if not run and redis.call('HGET', KEYS[1], i .. ':a:' .. n) == 'h' then
-  redis.call('HSET', KEYS[1], i .. ':a:' .. n, 1)
-  redis.call('HINCRBY', KEYS[1], i .. ':live', 1)
+local out = {}
+for k = 1, #ARGV, 3 do
+  local i, n, eid = ARGV[k], ARGV[k + 1], ARGV[k + 2]
+  local st = state(KEYS[1], i)
+  local ok = 0
+  if st >= 0 and not is_final(st) and live(KEYS[1], i, n) then
+    local run = redis.call('HGET', KEYS[1], i .. ':run:' .. n)
+    if not run or run == eid then
+      if not run and redis.call('HGET', KEYS[1], i .. ':a:' .. n) == 'h' then
+        redis.call('HSET', KEYS[1], i .. ':a:' .. n, 1)
+        redis.call('HINCRBY', KEYS[1], i .. ':live', 1)
+      end
+      redis.call('HSET', KEYS[1], i .. ':run:' .. n, eid, i .. ':st', RUNNING)
+      ok = 1
+    end
+  end
+  out[#out + 1] = ok
 end
-redis.call('HSET', KEYS[1], i .. ':run:' .. n, ARGV[3], i .. ':st', RUNNING)
-return 1
+return out
 """
 
-# KEYS: tasks. ARGV: index, old attempt k, keep k live (0|1: a hedge), retire (0|1), the
-# queue entry id of k.
-# Makes attempt att+1 live and returns its number; asked again for the same k (a retry, or the
-# gateway that claimed k's entry after a crash) it returns the same number. Returns 0 when the
-# task is final, k is no longer live (someone else moved it on) or another entry than this one
-# started k (this one is a duplicate), -1 when retire=1 and another attempt is live (k only
-# stops being live: the task goes on through the other one). A hedge (keep=1) is live only
-# once its entry starts (START), so a hedge whose entry was never pushed holds nothing up.
+# KEYS: tasks. ARGV: per attempt: index, old attempt k, keep k live (0|1: a hedge), retire
+# (0|1), the queue entry id of k.
+# For each: makes attempt att+1 live and returns its number; asked again for the same k (a
+# retry, or the gateway that claimed k's entry after a crash) it returns the same number.
+# 0 when the task is final, k is no longer live (someone else moved it on) or another entry
+# than this one started k (this one is a duplicate); -1 when retire=1 and another attempt is
+# live (k only stops being live: the task goes on through the other one). A hedge (keep=1) is
+# live only once its entry starts (START), so a hedge whose entry was never pushed holds
+# nothing up.
 _NEXT = _TASK + """
-local i, k = ARGV[1], ARGV[2]
-local st = state(KEYS[1], i)
-if st < 0 or is_final(st) then return 0 end
-local run = redis.call('HGET', KEYS[1], i .. ':run:' .. k)
-if run and run ~= ARGV[5] then return 0 end
-local mark = i .. (ARGV[3] == '1' and ':hx:' or ':nx:') .. k
-local made = redis.call('HGET', KEYS[1], mark)
-if made then return tonumber(made) end
-if not live(KEYS[1], i, k) then return 0 end
-if ARGV[4] == '1' and others_live(KEYS[1], i, k) then
-  retire(KEYS[1], i, k)
-  return -1
+local function next_attempt(i, k, keep, retiring, eid)
+  local st = state(KEYS[1], i)
+  if st < 0 or is_final(st) then return 0 end
+  local run = redis.call('HGET', KEYS[1], i .. ':run:' .. k)
+  if run and run ~= eid then return 0 end
+  local mark = i .. (keep and ':hx:' or ':nx:') .. k
+  local made = redis.call('HGET', KEYS[1], mark)
+  if made then return tonumber(made) end
+  if not live(KEYS[1], i, k) then return 0 end
+  if retiring and others_live(KEYS[1], i, k) then
+    retire(KEYS[1], i, k)
+    return -1
+  end
+  if not keep then
+    retire(KEYS[1], i, k)
+    redis.call('HSET', KEYS[1], i .. ':st', QUEUED)
+  end
+  local n = redis.call('HINCRBY', KEYS[1], i .. ':att', 1)
+  if keep then
+    redis.call('HSET', KEYS[1], i .. ':a:' .. n, 'h', mark, n)
+  else
+    redis.call('HSET', KEYS[1], i .. ':a:' .. n, 1, mark, n)
+    redis.call('HINCRBY', KEYS[1], i .. ':live', 1)
+  end
+  return n
 end
-if ARGV[3] ~= '1' then
-  retire(KEYS[1], i, k)
-  redis.call('HSET', KEYS[1], i .. ':st', QUEUED)
+local out = {}
+for k = 1, #ARGV, 5 do
+  out[#out + 1] = next_attempt(ARGV[k], ARGV[k + 1], ARGV[k + 2] == '1', ARGV[k + 3] == '1', ARGV[k + 4])
 end
-local n = redis.call('HINCRBY', KEYS[1], i .. ':att', 1)
-if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[1], i .. ':a:' .. n, 'h', mark, n)
-else
-  redis.call('HSET', KEYS[1], i .. ':a:' .. n, 1, mark, n)
-  redis.call('HINCRBY', KEYS[1], i .. ':live', 1)
-end
-return n
+return out
 """
 
 # KEYS: meta, events, tasks, stash. ARGV: retention s. No more tasks can be added.
@@ -382,7 +405,7 @@ class BatchStore:
         self.prefix = prefix
         self.retention = int(retention)
         self.writer_ttl_ms = int(writer_ttl * 1000)
-        self._scripts = {name: redis.register_script(text) for name, text in SCRIPTS.items()}
+        self.scripts = Scripts(redis, SCRIPTS)
 
     # -- key names ---------------------------------------------------------------------------
     def meta_key(self, b: str) -> str:
@@ -410,10 +433,10 @@ class BatchStore:
     async def reserve(self, batch_id: str, tenant: str, total: int, *, writer: str, digest: str = "",
                       input_bytes: int = 0, session: bool = False) -> Reservation:
         """CREATE: see the module docstring. A new batch is registered as the tenant's."""
-        reply = await self._scripts["CREATE"](
-            keys=[self.meta_key(batch_id)],
-            args=[tenant, total, 0 if session else 1, self.retention, input_bytes, writer,
-                  self.writer_ttl_ms, digest, "session" if session else "batch"])
+        reply = await self.scripts.one(
+            "CREATE", [self.meta_key(batch_id)],
+            [tenant, total, 0 if session else 1, self.retention, input_bytes, writer,
+             self.writer_ttl_ms, digest, "session" if session else "batch"])
         code = int(reply[0])
         if code == 1:
             pipe = self.r.pipeline(transaction=False)
@@ -425,34 +448,34 @@ class BatchStore:
     async def write_records(self, batch_id: str, tasks: Iterable[NewTask], *,
                             sealed_tokens: dict[str, bytes] | None = None) -> None:
         """RECORDS: task records where absent (chunks of 500 tasks), and the sealed tokens."""
-        pipe = self.r.pipeline(transaction=False)
         if sealed_tokens:
+            pipe = self.r.pipeline(transaction=False)
             pipe.hset(self.creds_key(batch_id), mapping=sealed_tokens)
             pipe.expire(self.creds_key(batch_id), self.retention)
+            await pipe.execute()
+        calls = []
         args: list[str | int] = []
         for t in tasks:
             args += [t.index, t.output_filename, t.pool[0], t.dedup]
             if len(args) >= 2000:
-                await self._scripts["RECORDS"](keys=[self.tasks_key(batch_id)], args=[self.retention, *args],
-                                               client=pipe)
+                calls.append(("RECORDS", [self.tasks_key(batch_id)], [self.retention, *args]))
                 args = []
         if args:
-            await self._scripts["RECORDS"](keys=[self.tasks_key(batch_id)], args=[self.retention, *args], client=pipe)
-        await pipe.execute()
+            calls.append(("RECORDS", [self.tasks_key(batch_id)], [self.retention, *args]))
+        await self.scripts.run(calls)
 
     async def commit(self, batch_id: str, writer: str, accepted: pb.Accepted) -> int:
         """COMMIT: 1 committed, 0 already, -1 no longer the writer, -2 the batch is gone."""
-        return int(await self._scripts["COMMIT"](
-            keys=self._four(batch_id), args=[writer, accepted.SerializeToString(), self.retention]))
+        return int(await self.scripts.one("COMMIT", self._four(batch_id),
+                                          [writer, accepted.SerializeToString(), self.retention]))
 
     async def accept_task(self, batch_id: str, index: int) -> int:
         """ACCEPT_TASK (sessions): 1 accepted, 0 the session closed meanwhile, -2 gone."""
         payload = pb.TaskAccepted(task_index=index, task_id=task_id(batch_id, index)).SerializeToString()
-        return int(await self._scripts["ACCEPT_TASK"](keys=self._four(batch_id),
-                                                      args=[index, payload, self.retention]))
+        return int(await self.scripts.one("ACCEPT_TASK", self._four(batch_id), [index, payload, self.retention]))
 
     async def close(self, batch_id: str) -> None:
-        await self._scripts["CLOSE"](keys=self._four(batch_id), args=[self.retention])
+        await self.scripts.one("CLOSE", self._four(batch_id), [self.retention])
 
     async def cancel(self, batch_id: str) -> dict[str, int]:
         """Close the batch and cancel every unfinished task at once; returns how many of each
@@ -464,44 +487,42 @@ class BatchStore:
         payloads = [pb.TaskResult(task_index=i, task_id=task_id(batch_id, i), state=pb.CANCELLED,
                                   error=pb.TaskError(code="CANCELLED", message="the batch was cancelled"))
                     .SerializeToString() for i in range(meta.total)]
-        reply = await self._scripts["CANCEL"](keys=self._four(batch_id), args=[self.retention, *payloads])
+        reply = await self.scripts.one("CANCEL", self._four(batch_id), [self.retention, *payloads])
         if not isinstance(reply, list):
             return {}
         return {"generate": int(reply[0]), "enhance": int(reply[1])}
 
     # -- running -----------------------------------------------------------------------------
     async def start_many(self, attempts: list[tuple[str, int, int, str]]) -> list[bool]:
-        """START for each (batch_id, index, attempt, entry id): may it run? One round trip."""
-        if not attempts:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for b, i, a, entry_id in attempts:
-            await self._scripts["START"](keys=[self.tasks_key(b)], args=[i, a, entry_id], client=pipe)
-        return [bool(x) for x in await pipe.execute()]
+        """START for each (batch_id, index, attempt, entry id): may it run? One script call per
+        batch, all in one round trip."""
+        groups = _by_batch(attempts)
+        replies = await self.scripts.run(
+            [("START", [self.tasks_key(b)], [x for _, (_, i, a, eid) in rows for x in (i, a, eid)])
+             for b, rows in groups.items()])
+        return _scatter(len(attempts), groups, replies, bool)
 
     async def finish_many(self, results: list[tuple[str, int, str, pb.TaskResult, bool]]) -> list[int]:
         """FINISH for each (batch_id, index, attempt or '*', result, retire): 1 won, 0 stale,
-        2 retired (another attempt lives on)."""
-        if not results:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for b, i, attempt, result, retire in results:
-            await self._scripts["FINISH"](
-                keys=[self.tasks_key(b), self.meta_key(b), self.events_key(b), self.stash_key(b)],
-                args=[i, attempt, int(result.state), result.SerializeToString(), self.retention, int(retire)],
-                client=pipe)
-        return [int(x) for x in await pipe.execute()]
+        2 retired (another attempt lives on). One script call per batch, one round trip."""
+        groups = _by_batch(results)
+        calls = []
+        for b, rows in groups.items():
+            args: list[object] = [self.retention]
+            for _, (_, i, attempt, result, retire) in rows:
+                args += [i, attempt, int(result.state), result.SerializeToString(), int(retire)]
+            calls.append(("FINISH", [self.tasks_key(b), self.meta_key(b), self.events_key(b), self.stash_key(b)], args))
+        return _scatter(len(results), groups, await self.scripts.run(calls), int)
 
     async def next_attempts(self, attempts: list[tuple[str, int, int, bool, bool, str]]) -> list[int]:
         """NEXT for each (batch_id, index, old attempt, keep old live, retire, old entry id): the
         new attempt number (the same one if asked again), 0 stale, -1 retired."""
-        if not attempts:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for b, i, a, keep, retire, entry_id in attempts:
-            await self._scripts["NEXT"](keys=[self.tasks_key(b)], args=[i, a, int(keep), int(retire), entry_id],
-                                        client=pipe)
-        return [int(x) for x in await pipe.execute()]
+        groups = _by_batch(attempts)
+        replies = await self.scripts.run(
+            [("NEXT", [self.tasks_key(b)],
+              [x for _, (_, i, a, keep, retire, eid) in rows for x in (i, a, int(keep), int(retire), eid)])
+             for b, rows in groups.items()])
+        return _scatter(len(attempts), groups, replies, int)
 
     async def final_result(self, batch_id: str, index: int) -> pb.TaskResult | None:
         """The final result kept for a deduplication leader, or None (not final, not kept)."""
@@ -598,6 +619,23 @@ class BatchStore:
                 yield event
                 if event.HasField("summary"):
                     return
+
+
+def _by_batch(rows: list[tuple]) -> dict[str, list[tuple[int, tuple]]]:
+    """Rows grouped by their first field (the batch id), each with its position in `rows`."""
+    groups: dict[str, list[tuple[int, tuple]]] = {}
+    for k, row in enumerate(rows):
+        groups.setdefault(row[0], []).append((k, row))
+    return groups
+
+
+def _scatter(n: int, groups: dict[str, list[tuple[int, tuple]]], replies: list, convert) -> list:
+    """The per-batch replies put back in the order of the rows they answer."""
+    out: list = [None] * n
+    for rows, reply in zip(groups.values(), replies):
+        for (k, _), value in zip(rows, reply):
+            out[k] = convert(value)
+    return out
 
 
 def _cursor_key(cursor: str) -> tuple[int, int]:

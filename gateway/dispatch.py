@@ -35,6 +35,7 @@ from .batches import BatchStore
 from .budget import DailyBudget
 from .dedup import Dedup
 from .entries import QueueEntry
+from .fairness import FairShare
 from .feed import Feed
 from .inflight import InFlight
 from .outcomes import Outcomes
@@ -64,6 +65,10 @@ class DispatchSettings:
     hedge_delay: float = 3.0
     # An attempt that waits this long for a worker credit goes back to its queue.
     max_held: float = 10.0
+    # A tenant's queue under a key, empty this long, is collected.
+    queue_idle: float = 60.0
+    # tenant -> its weight in fair shares (default 1).
+    tenant_weights: tuple[tuple[str, float], ...] = ()
 
 
 class Dispatcher:
@@ -88,11 +93,11 @@ class Dispatcher:
                                  react=self.react, settle=self.settle, hedge=self._hedge, outputs=outputs)
         self.feed = Feed(queues=queues, batches=batches, leases=leases, routing=routing, inflight=self.inflight,
                          pools=self.pools, read_batch=settings.read_batch, assign=self.assigner.assign,
-                         settle=self.settle)
+                         settle=self.settle, fair=FairShare(dict(settings.tenant_weights)))
         self.upkeep = Upkeep(inflight=self.inflight, feed=self.feed, outcomes=self.outcomes, leases=leases,
                              queues=queues, routing=routing, lease_ttl=settings.lease_ttl,
                              max_held=settings.max_held, react=self.react, attempt_of=self._claimed,
-                             settle=self.settle)
+                             settle=self.settle, queue_idle=settings.queue_idle)
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
 

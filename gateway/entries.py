@@ -2,7 +2,7 @@
 wire format (the short field names in the Redis stream), both ways.
 
     b  batch id            i  task index          a  attempt number
-    t  accepted (unix ms)  s  the Task, serialized    n  tenant
+    t  accepted (unix ms)  s  the Task, serialized    n  tenant        r  priority class (i|b)
     p  provider index (generate: which provider of the task's fallback order)
     x  attempts so far that count against max_attempts (a stage move does not count)
     g  stage ("enhance": a generate task's then_enhance step)   c  what the stage carries
@@ -39,6 +39,7 @@ class QueueEntry:
     carry: bytes = b""
     dedup: str = ""
     tenant: str = ""
+    klass: str = "b"
     trace: str = ""
     # Where this entry was read from; empty until it was (set by TaskQueues).
     queue: str = ""
@@ -68,7 +69,7 @@ class QueueEntry:
     def encode(self) -> dict[str, bytes | str | int]:
         fields: dict[str, bytes | str | int] = {
             "b": self.batch_id, "i": self.index, "a": self.attempt, "t": self.accepted_ms,
-            "s": self.task, "p": self.provider_index, "x": self.tries, "n": self.tenant}
+            "s": self.task, "p": self.provider_index, "x": self.tries, "n": self.tenant, "r": self.klass}
         if self.stage:
             fields["g"] = self.stage
             fields["c"] = self.carry
@@ -85,7 +86,7 @@ class QueueEntry:
             batch_id=f[b"b"].decode(), index=int(f[b"i"]), attempt=int(f[b"a"]), accepted_ms=int(f[b"t"]),
             task=f[b"s"], provider_index=int(f.get(b"p", 0)), tries=int(f.get(b"x", b"1")),
             stage=f.get(b"g", b"").decode(), carry=f.get(b"c", b""), dedup=f.get(b"d", b"").decode(),
-            tenant=f.get(b"n", b"").decode(), trace=f.get(b"tr", b"").decode(), queue=queue, entry_id=entry_id)
+            tenant=f.get(b"n", b"").decode(), klass=f.get(b"r", b"b").decode(), trace=f.get(b"tr", b"").decode(), queue=queue, entry_id=entry_id)
 
     # -- a JSON form, for records kept elsewhere (deduplication followers) ----------------------
     def to_json(self) -> str:

@@ -1,17 +1,21 @@
 """The feed: moves queue entries into this gateway as HELD attempts, as far as the pool's
 workers have credits for, and hands them to the assigner.
 
-For each pool, one loop takes work from every queue whose key is not waiting for a lease:
+For each pool, one loop takes work from every key that is not waiting for a lease. Each turn:
+the lag of every flow (a tenant's queue of one priority class under one key: gateway.queues),
+the pool's room (credits) shared between the keys with work, each key's share split between
+its flows by deficit round robin (gateway.fairness), then the entries read in one round trip:
 
-    limited key:  leases for n slots ─▶ read n entries ─┐
-                     │ none free: one waiter per key     │
-                     ▼ takes a FIFO ticket; that queue   ├─▶ START (one entry per attempt, task
-                       is not read until it is served    │    not final) ─▶ HELD ─▶ assigner
-    other queues: read n entries ───────────────────────┘          │ no
-                                                                   ▼ Drop (ack, lease released)
+    limited key:  leases for n slots ─▶ n split fairly ─▶ read ─┐
+                     │ none free: one waiter per key             │
+                     ▼ takes a FIFO ticket; the key's flows      ├─▶ START (one entry per attempt,
+                       are not read until it is served           │    task not final) ─▶ HELD
+    other keys:   room split fairly between flows ─▶ read ──────┘          │ no      ─▶ assigner
+                                                                           ▼ Drop (ack, lease released)
 
-A saturated key's entries stay in its stream while other keys' queues go on being read: no
-head-of-line blocking, and the queue depth in Redis is exact.
+A saturated key's entries stay in its streams while other keys' queues go on being read: no
+head-of-line blocking, and the queue depth in Redis is exact. A tenant's single task is read
+within one turn of the key, whatever another tenant has queued there.
 
 What can go wrong: a Redis error after entries were read but before START answered leaves
 them pending in this gateway's group; they are kept (`unstarted`, touched by the upkeep) and
@@ -36,6 +40,7 @@ from .attempts import Attempt, Drop, Pool
 from .attempts import Decision, LeaseFate, Phase
 from .batches import BatchStore
 from .entries import QueueEntry
+from .fairness import FairShare
 from .inflight import InFlight
 from .pools import Pool as WorkerPool
 from .queues import QueueName, TaskQueues
@@ -47,7 +52,7 @@ log = logging.getLogger("imagemesh.gateway.feed")
 class Feed:
     def __init__(self, *, queues: TaskQueues, batches: BatchStore, leases, routing: Routing,
                  inflight: InFlight, pools: dict[str, WorkerPool], read_batch: int,
-                 assign, settle) -> None:
+                 assign, settle, fair: FairShare | None = None) -> None:
         self.queues = queues
         self.batches = batches
         self.leases = leases
@@ -57,10 +62,11 @@ class Feed:
         self.read_batch = read_batch
         self._assign = assign      # async (pool) -> None: gateway.assign.Assigner.assign
         self._settle = settle      # async (attempts) -> None
+        self.fair = fair or FairShare()
         self.accepting = True
         self.known: dict[Pool, set[QueueName]] = {p: set() for p in Pool}
-        self._blocked: set[QueueName] = set()
-        self._busy: set[QueueName] = set()   # queues that had entries at the last read
+        self._blocked: set[str] = set()      # keys waiting in their FIFO line for a lease
+        self._key_turn: dict[Pool, int] = {p: 0 for p in Pool}
         self._wake = {p: asyncio.Event() for p in Pool}
         self._unstarted: dict[Pool, list[Attempt]] = {p: [] for p in Pool}
         self._waiters: set[asyncio.Task] = set()
@@ -76,9 +82,16 @@ class Feed:
         self.wake(q.pool)
 
     async def refresh_queues(self) -> None:
-        for q in await self.queues.names():
-            if q.pool in {p.value for p in Pool} and q not in self.known[Pool(q.pool)]:
-                self.note_queue(q)
+        """The flows that exist now (the registry is the truth: collected ones are dropped)."""
+        names = await self.queues.names()
+        for p in Pool:
+            now = {q for q in names if q.pool == p.value}
+            gone = self.known[p] - now
+            if gone:
+                self.fair.forget(list(gone))
+            if now - self.known[p]:
+                self.wake(p.value)
+            self.known[p] = now
 
     def unstarted(self) -> list[Attempt]:
         return [a for line in self._unstarted.values() for a in line]
@@ -104,15 +117,8 @@ class Feed:
                     wake.clear()
                     continue
                 wake.clear()
-                ready = [q for q in self.known[pool] if q not in self._blocked]
-                found = 0
-                if ready:
-                    # Share the credits among the queues that had work last time: an idle
-                    # queue reads nothing whatever its share, and counting it would only make
-                    # the busy ones read in smaller pieces.
-                    busy = sum(1 for q in ready if q in self._busy) or 1
-                    per_queue = max(1, min(self.read_batch, room) // busy)
-                    found = await self._take(ready, per_queue)
+                found = await self._take(pool, min(self.read_batch, room))
+                if found:
                     await self._assign(pool)
                 if not found:
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -130,65 +136,98 @@ class Feed:
                 log.exception("pool %s: feed loop error", pool.value)
                 await asyncio.sleep(0.5)
 
-    async def _take(self, ready: list[QueueName], per_queue: int) -> int:
-        """Read up to `per_queue` entries from each ready queue and start them. A limited key's
-        entries are read only once its leases are held: until then they stay in the stream (so
+    async def _take(self, pool: Pool, room: int) -> int:
+        """Read up to `room` entries of the pool, shared fairly, and start them. A limited key's
+        entries are read only once its leases are held: until then they stay in the streams (so
         queue depth is exact and this gateway holds nothing it can't start)."""
-        plain = [q for q in ready if not self.routing.is_leased_key(q.key_id)]
-        limited = [q for q in ready if self.routing.is_leased_key(q.key_id)]
-        read: list[tuple[QueueEntry, Lease | None]] = []
-        if plain:
-            read += [(e, None) for e in await self.queues.read(plain, per_queue)]
-        lags: dict[QueueName, int] = {}
-        if limited:
-            lags = await self.queues.lags(limited)
-            for q in limited:
-                want = min(per_queue, lags.get(q, 0))
-                if want <= 0:
-                    continue
-                leases = await self.leases.try_acquire(q.key_id, want)
-                if not leases:
-                    self._wait_for_leases(q, want)
-                    continue
-                read += await self._read_leased(q, leases)
-        self._busy = {QueueName.parse(e.queue) for e, lease in read if lease is None} | \
-                     {q for q in limited if lags.get(q, 0) > 0}
+        ready = [q for q in self.known[pool] if q.key_id not in self._blocked]
+        if not ready:
+            return 0
+        lags = await self.queues.lags(ready)
+        by_key: dict[str, dict[QueueName, int]] = {}
+        for q, n in lags.items():
+            if n > 0:
+                by_key.setdefault(q.key_id, {})[q] = n
+        plan: dict[QueueName, int] = {}
+        held: dict[str, list[Lease]] = {}
+        for key_id, share in self._shares(pool, by_key, room):
+            flows = by_key[key_id]
+            want = min(share, sum(flows.values()))
+            if not self.routing.is_leased_key(key_id):
+                plan.update(self.fair.allocate(self.fair.flows(flows), want))
+                continue
+            leases = await self.leases.try_acquire(key_id, want)
+            if not leases:
+                self._wait_for_leases(pool, key_id, want)
+                continue
+            held[key_id] = leases
+            plan.update(self.fair.allocate(self.fair.flows(flows), len(leases)))
+        read = await self._read(plan, held)
         await self._admit(read)
         return len(read)
 
-    async def _read_leased(self, q: QueueName, leases: list[Lease]) -> list[tuple[QueueEntry, Lease | None]]:
-        """Entries for leases already held; leases left over (another gateway was faster) go back."""
-        try:
-            entries = await self.queues.read([q], len(leases))
-        except BaseException:
-            await _release_quietly(self.leases, leases)
-            raise
-        if len(entries) < len(leases):
-            await self.leases.release(leases[len(entries):])
-        return list(zip(entries, leases))
+    def _shares(self, pool: Pool, by_key: dict[str, dict[QueueName, int]], room: int) -> list[tuple[str, int]]:
+        """The room split evenly between the keys with work (the remainder goes round, turn by
+        turn); a key whose share is 0 this turn waits for the next."""
+        keys = sorted(by_key)
+        if not keys or room <= 0:
+            return []
+        turn = self._key_turn[pool] % len(keys)
+        keys = keys[turn:] + keys[:turn]
+        self._key_turn[pool] += 1
+        base, extra = divmod(room, len(keys))
+        return [(k, base + (1 if i < extra else 0)) for i, k in enumerate(keys) if base or i < extra]
 
-    def _wait_for_leases(self, queue: QueueName, want: int) -> None:
+    async def _read(self, plan: dict[QueueName, int], held: dict[str, list[Lease]]) -> list[tuple[QueueEntry, Lease | None]]:
+        """The planned entries, in one round trip; each of a limited key's entries gets one of
+        the key's leases, and leases left over (another gateway read first) go back."""
+        try:
+            entries = await self.queues.read(plan)
+        except BaseException:
+            await _release_quietly(self.leases, [x for leases in held.values() for x in leases])
+            raise
+        spare = {k: list(v) for k, v in held.items()}
+        read: list[tuple[QueueEntry, Lease | None]] = []
+        for e in entries:
+            key_id = QueueName.parse(e.queue).key_id
+            if key_id in spare:
+                read.append((e, spare[key_id].pop()))
+            else:
+                read.append((e, None))
+        leftover = [x for leases in spare.values() for x in leases]
+        if leftover:
+            await self.leases.release(leftover)
+        return read
+
+    def _wait_for_leases(self, pool: Pool, key_id: str, want: int) -> None:
         """Wait in the key's FIFO line (a ticket in Redis) without holding up other keys."""
-        self._blocked.add(queue)
+        self._blocked.add(key_id)
 
         async def wait() -> None:
             try:
-                leases = await self.leases.acquire(queue.key_id, want)
-                await self._admit(await self._read_leased(queue, leases))
-                await self._assign(Pool(queue.pool))
+                leases = await self.leases.acquire(key_id, want)
+                flows = [q for q in self.known[pool] if q.key_id == key_id]
+                try:
+                    lags = await self.queues.lags(flows)
+                except BaseException:
+                    await _release_quietly(self.leases, leases)
+                    raise
+                plan = self.fair.allocate(self.fair.flows(lags), len(leases))
+                await self._admit(await self._read(plan, {key_id: leases}))
+                await self._assign(pool)
             except asyncio.CancelledError:
                 raise
             except RedisError as exc:
-                log.warning("waiting for a lease on %s: Redis error %s", queue.key_id, type(exc).__name__)
+                log.warning("waiting for a lease on %s: Redis error %s", key_id, type(exc).__name__)
                 await asyncio.sleep(0.5)
             except Exception:
-                log.exception("waiting for a lease on %s failed", queue.key_id)
+                log.exception("waiting for a lease on %s failed", key_id)
                 await asyncio.sleep(0.5)
             finally:
-                self._blocked.discard(queue)
-                self.wake(queue.pool)
+                self._blocked.discard(key_id)
+                self.wake(pool.value)
 
-        t = asyncio.create_task(wait(), name=f"lease-wait-{queue.key_id}")
+        t = asyncio.create_task(wait(), name=f"lease-wait-{key_id}")
         self._waiters.add(t)
         t.add_done_callback(self._waiters.discard)
 

@@ -181,10 +181,10 @@ class Outcomes:
 
     async def _queue_of(self, entry: QueueEntry, task: pb.Task) -> QueueName:
         if entry.stage == "enhance" or task.HasField("enhance"):
-            return QueueName(Pool.ENHANCE.value, ENHANCE_KEY)
+            return QueueName(Pool.ENHANCE.value, ENHANCE_KEY, entry.tenant, entry.klass)
         provider = self.routing.provider_at(task, entry.provider_index)
         token = await self.tokens.token(entry.batch_id, provider) if self.routing.needs_token(provider) else None
-        return QueueName(Pool.GENERATE.value, self.routing.key_id(provider, token))
+        return QueueName(Pool.GENERATE.value, self.routing.key_id(provider, token), entry.tenant, entry.klass)
 
     # -- hedging --------------------------------------------------------------------------------
     async def hedge(self, a: Attempt) -> None:

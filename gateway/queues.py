@@ -1,11 +1,20 @@
-"""Task queues in Redis: one stream per (pool, lease key), read by every gateway as one group.
+"""Task queues in Redis: one stream per *flow* — (pool, lease key, tenant, priority class) —
+read by every gateway as one consumer group.
 
-    im:q:{<pool>|<key_id>}   stream   queue entries (their format: gateway.entries)
-    im:queues                set      every queue that ever had work, for gateways to discover
-    im:work                  channel  a pool name, published when work was added to it
+    im:q:{<pool>|<key_id>|<tenant>|<class>}   stream   queue entries (format: gateway.entries)
+    im:queues                                 set      the flows that exist, for gateways to find
+    im:work                                   channel  a pool name, published when work was added
 
 One stream per key is what keeps a saturated key from blocking anything else (invariant 3): a
-gateway only reads from the queues of keys that are not waiting for a lease.
+gateway only reads from the queues of keys that are not waiting for a lease. One stream per
+tenant and class within a key is what lets a gateway share the key fairly (gateway.fairness):
+a tenant's single task is never behind another tenant's backlog.
+
+Only live work costs anything: a flow that stayed empty, with nothing pending, for `idle`
+seconds is collected (`collect`): removed from `im:queues`, then its stream deleted by a script
+that checks it is still empty; if it is not (a push raced), it is registered again. A push
+appends its entries (creating stream and group) and registers the flow afterwards, so whatever
+the interleaving, a flow with entries ends up registered.
 
 An entry stays pending in the group (owned by the gateway that read it) until the task's
 attempt is over. A gateway touches its pending entries every tick (`touch`), so an entry idle
@@ -22,8 +31,53 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .entries import QueueEntry
+from .lua import Scripts
 
 log = logging.getLogger("imagemesh.gateway.queues")
+
+# KEYS[1] a queue stream. ARGV: the group, then per entry: its number of field/value arguments n
+# and those n arguments. Appends the entries in one call (the group is made with the stream, so
+# a queue collected while empty comes back whole). Returns how many were added.
+_PUSH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+end
+local k, added = 2, 0
+while k <= #ARGV do
+  local n = tonumber(ARGV[k])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, k + 1, k + n))
+  k = k + n + 1
+  added = added + 1
+end
+return added
+"""
+
+# KEYS[1] a queue stream. ARGV: the group, idle ms. Deletes the stream if it holds no entry,
+# nothing is pending in any group, and its newest entry is older than `idle ms`. Returns 1 when
+# the stream is gone (deleted now, or already), 0 when it lives on.
+_COLLECT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
+if redis.call('XLEN', KEYS[1]) > 0 then return 0 end
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  for k = 1, #group, 2 do
+    if group[k] == 'pending' and tonumber(group[k + 1]) > 0 then return 0 end
+  end
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last = '0-0'
+for k = 1, #info, 2 do
+  if info[k] == 'last-generated-id' then last = info[k + 1] end
+end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if now - tonumber(string.match(last, '^(%d+)')) < tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+SCRIPTS = {"PUSH": _PUSH, "COLLECT": _COLLECT}
+
+INTERACTIVE, BATCH = "i", "b"  # priority classes (gateway.fairness weighs them)
 
 GROUP = "gw"
 PUSH_CHUNK = 1000
@@ -32,17 +86,25 @@ WORK_CHANNEL_SUFFIX = "work"
 
 @dataclass(frozen=True)
 class QueueName:
+    """A flow: the queue of one tenant's tasks of one priority class under one lease key."""
+
     pool: str
     key_id: str
+    tenant: str = ""
+    klass: str = BATCH
 
     def redis_key(self, prefix: str) -> str:
-        return f"{prefix}:q:{{{self.pool}|{self.key_id}}}"
+        return f"{prefix}:q:{{{self.pool}|{self.key_id}|{self.tenant}|{self.klass}}}"
 
     @staticmethod
     def parse(redis_key: str) -> "QueueName":
         inner = redis_key[redis_key.index("{") + 1: redis_key.rindex("}")]
-        pool, _, key_id = inner.partition("|")
-        return QueueName(pool, key_id)
+        # Key ids hold ':' but never '|'; tenant names hold neither (imagemesh.auth).
+        parts = inner.split("|")
+        pool, key_id = parts[0], parts[1] if len(parts) > 1 else ""
+        tenant = parts[2] if len(parts) > 2 else ""
+        klass = parts[3] if len(parts) > 3 else BATCH
+        return QueueName(pool, key_id, tenant, klass)
 
 
 class TaskQueues:
@@ -52,63 +114,68 @@ class TaskQueues:
         self.consumer = consumer
         self.registry = f"{prefix}:queues"
         self.work_channel = f"{prefix}:{WORK_CHANNEL_SUFFIX}"
-        self._groups: set[str] = set()
-
-    async def _ensure_group(self, key: str) -> None:
-        if key in self._groups:
-            return
-        try:
-            await self.r.xgroup_create(key, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._groups.add(key)
+        self.scripts = Scripts(redis, SCRIPTS)
 
     async def push(self, items: list[tuple[QueueName, QueueEntry]]) -> None:
-        """Append entries (pipelines of at most PUSH_CHUNK) and wake the gateways of the pools
-        concerned. Chunks keep each round trip short, whatever the batch size."""
+        """Append entries (one PUSH script per queue, in chunks of PUSH_CHUNK entries, one round
+        trip) and wake the gateways of the pools concerned."""
         if not items:
             return
-        if len(items) > PUSH_CHUNK:
-            for start in range(0, len(items), PUSH_CHUNK):
-                await self.push(items[start:start + PUSH_CHUNK])
-            return
-        keys = {q.redis_key(self.prefix): q for q, _ in items}
-        for key in keys:
-            await self._ensure_group(key)
-        pipe = self.r.pipeline(transaction=False)
+        by_queue: dict[str, list[QueueEntry]] = {}
+        names: dict[str, QueueName] = {}
         for q, entry in items:
-            pipe.xadd(q.redis_key(self.prefix), entry.encode())
-        pipe.sadd(self.registry, *keys)
-        for pool in {q.pool for q in keys.values()}:
+            key = q.redis_key(self.prefix)
+            by_queue.setdefault(key, []).append(entry)
+            names[key] = q
+        calls = []
+        for key, entries in by_queue.items():
+            for start in range(0, len(entries), PUSH_CHUNK):
+                args: list[object] = [GROUP]
+                for entry in entries[start:start + PUSH_CHUNK]:
+                    fields = [x for kv in entry.encode().items() for x in kv]
+                    args += [len(fields), *fields]
+                calls.append(("PUSH", [key], args))
+        await self.scripts.run(calls)
+        # After the entries (a collected queue is registered again by whoever pushed last).
+        pipe = self.r.pipeline(transaction=False)
+        pipe.sadd(self.registry, *by_queue)
+        for pool in {q.pool for q in names.values()}:
             pipe.publish(self.work_channel, pool)
-        try:
-            await pipe.execute()
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            # Redis lost the group (restart without persistence): make it again and retry once.
-            self._groups.clear()
-            await self.push(items)
+        await pipe.execute()
 
     async def names(self) -> list[QueueName]:
         return [QueueName.parse(k.decode()) for k in await self.r.smembers(self.registry)]
 
-    async def read(self, queues: list[QueueName], count: int) -> list[QueueEntry]:
-        """New entries from `queues`, at most `count` from each; never blocks."""
-        if not queues:
+    async def read(self, counts: dict[QueueName, int]) -> list[QueueEntry]:
+        """New entries: up to `counts[q]` from each queue q, in one round trip; never blocks. A
+        queue that is gone (collected) reads as empty."""
+        counts = {q: n for q, n in counts.items() if n > 0}
+        if not counts:
             return []
-        streams = {q.redis_key(self.prefix): ">" for q in queues}
-        for key in streams:
-            await self._ensure_group(key)
+        pipe = self.r.pipeline(transaction=False)
+        for q, n in counts.items():
+            pipe.xreadgroup(GROUP, self.consumer, {q.redis_key(self.prefix): ">"}, count=n)
+        rows = []
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                continue  # collected meanwhile: nothing to read
+            if isinstance(reply, Exception):
+                raise reply
+            rows += [(key.decode(), eid, f) for key, entries in reply or [] for eid, f in entries]
+        return await self._decode(rows)
+
+    async def collect(self, queue: QueueName, idle_s: float) -> bool:
+        """Remove an empty, idle flow (see the module docstring). True when it is gone."""
+        key = queue.redis_key(self.prefix)
+        await self.r.srem(self.registry, key)
         try:
-            reply = await self.r.xreadgroup(GROUP, self.consumer, streams, count=count)
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self._groups.clear()
-            return []
-        return await self._decode([(key.decode(), eid, f) for key, entries in reply or [] for eid, f in entries])
+            gone = int(await self.scripts.one("COLLECT", [key], [GROUP, int(idle_s * 1000)])) == 1
+        except BaseException:
+            await self.r.sadd(self.registry, key)
+            raise
+        if not gone:
+            await self.r.sadd(self.registry, key)
+        return gone
 
     async def _decode(self, rows: list[tuple[str, bytes, dict]]) -> list[QueueEntry]:
         """Entries that decode; one that doesn't (not ours, or deleted under us: XAUTOCLAIM

@@ -11,7 +11,6 @@ at all: its keys have no limit to protect, and skipping the lease keeps it off t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from imagemesh.circuit import CircuitBreaker
@@ -134,19 +133,13 @@ class Routing:
                 return key_id
         return name
 
-    async def queue_for(self, task: pb.Task, provider_index: int, batch_id: str,
-                        token_of: Callable[[str, str], Awaitable[str | None]]) -> QueueName:
+    def queue_at_submit(self, task: pb.Task, provider_index: int, token: str | None, *, tenant: str,
+                        klass: str) -> QueueName:
+        """The flow of a task's first attempt: its key's queue for its tenant and class."""
         if task.HasField("enhance"):
-            return QueueName("enhance", ENHANCE_KEY)
+            return QueueName("enhance", ENHANCE_KEY, tenant, klass)
         provider = self.provider_at(task, provider_index)
-        token = await token_of(batch_id, provider) if self.needs_token(provider) else None
-        return QueueName("generate", self.key_id(provider, token))
-
-    def queue_at_submit(self, task: pb.Task, provider_index: int, token: str | None) -> QueueName:
-        if task.HasField("enhance"):
-            return QueueName("enhance", ENHANCE_KEY)
-        provider = self.provider_at(task, provider_index)
-        return QueueName("generate", self.key_id(provider, token))
+        return QueueName("generate", self.key_id(provider, token), tenant, klass)
 
     async def free_slots(self, key_id: str, leases) -> int | None:
         """Free slots of a key right now (None: unlimited)."""

@@ -59,6 +59,7 @@ from .registry import WorkerRegistry
 from .routing import Routing, RoutingSettings
 from .service import BatchService
 from .settings import GatewaySettings
+from .tenants import TenantKeys
 from .validation import Limits
 from .worker_link import WorkerLinkServicer
 
@@ -130,7 +131,9 @@ class Gateway:
             settings=DispatchSettings(lease_ttl=settings.lease_ttl, max_job_runtime=settings.max_job_runtime,
                                       max_attempts=settings.max_attempts,
                                       heartbeat_interval=settings.heartbeat_interval,
-                                      hedge_delay=settings.hedge_delay),
+                                      hedge_delay=settings.hedge_delay,
+                                      queue_idle=settings.queue_idle,
+                                      tenant_weights=tuple(parse_mapping(settings.tenant_weights, value_type=float).items())),
             cancel_channel=self.cancel_channel, dedup=self.dedup,
             budget=DailyBudget(self.redis, parse_mapping(settings.key_daily_budgets, value_type=int), prefix=p),
             outputs=self.outputs)
@@ -138,6 +141,7 @@ class Gateway:
             redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
             sealer=self.sealer, dispatcher=self.dispatcher, dedup=self.dedup, outputs=self.outputs,
             writer_wait=settings.accept_timeout + 5.0,
+            tenant_keys=TenantKeys(self.redis, cap=settings.max_keys_per_tenant, prefix=p),
             limits=Limits(max_batch_tasks=settings.max_batch_tasks,
                           max_queued_per_tenant=settings.max_queued_per_tenant,
                           max_queued_bytes_per_tenant=settings.max_queued_bytes_per_tenant))

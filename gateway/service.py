@@ -29,6 +29,8 @@ from .batches import BatchStore, NewTask, task_id
 from .dedup import Dedup, Follower, dedup_hash
 from .dispatch import Dispatcher
 from .entries import QueueEntry
+from .fairness import klass
+from .tenants import KeysOverCap, TenantKeys
 from .queues import QueueName, TaskQueues
 from .routing import Routing
 from .validation import BadRequest, Limits, check_batch, check_credentials, check_task
@@ -87,7 +89,8 @@ class Prepared:
 class BatchService:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
                  routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits,
-                 dedup: Dedup, writer_wait: float = 35.0, outputs: Outputs | None = None) -> None:
+                 dedup: Dedup, writer_wait: float = 35.0, outputs: Outputs | None = None,
+                 tenant_keys: TenantKeys | None = None) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -98,9 +101,10 @@ class BatchService:
         self.dedup = dedup
         self.writer_wait = writer_wait
         self.outputs = outputs
+        self.tenant_keys = tenant_keys
 
     # -- preparing tasks -----------------------------------------------------------------------
-    def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str]) -> Prepared:
+    def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str], klass: str) -> Prepared:
         p = Prepared(index, task)
         p.task = pb.Task()
         p.task.CopyFrom(task)
@@ -115,9 +119,10 @@ class BatchService:
                 p.provider_index = self.routing.first_provider(p.task)
                 provider = usable[p.provider_index]
                 token = tokens.get(provider) or self.routing.server_token(provider)
-                p.queue = self.routing.queue_at_submit(p.task, p.provider_index, token)
+                p.queue = self.routing.queue_at_submit(p.task, p.provider_index, token, tenant=caller.tenant,
+                                                       klass=klass)
             else:
-                p.queue = self.routing.queue_at_submit(p.task, 0, None)
+                p.queue = self.routing.queue_at_submit(p.task, 0, None, tenant=caller.tenant, klass=klass)
         except TaskFailure as failure:
             p.failure = failure
         return p
@@ -148,11 +153,12 @@ class BatchService:
                 return batch_id  # the same batch again: don't count it against the backlog twice
         size = req.ByteSize()
         await self._admit(caller, len(req.tasks), size)
-        prepared = [self._prepare(caller, i, t, tokens) for i, t in enumerate(req.tasks)]
+        prepared = [self._prepare(caller, i, t, tokens, klass(req.priority)) for i, t in enumerate(req.tasks)]
         if all(p.failure is not None for p in prepared):
             # Nothing in the batch can run: say why as a status, not as N failed results.
             first = prepared[0].failure
             raise BadRequest(first.message if first else "no valid task")
+        await self._admit_keys(caller, prepared)
         writer = secrets.token_hex(8)
         digest = _digest(req)
         deadline = time.monotonic() + self.writer_wait
@@ -175,6 +181,16 @@ class BatchService:
             await asyncio.sleep(min(0.2, max(0.01, r.wait_ms / 1000)))
         await self._write(caller, batch_id, prepared, tokens, writer)
         return batch_id
+
+    async def _admit_keys(self, caller: Caller, prepared: list[Prepared]) -> None:
+        """The provider keys the tasks use count against the tenant's cap on distinct keys."""
+        if self.tenant_keys is None:
+            return
+        keys = {p.queue.key_id for p in prepared if p.failure is None and p.queue is not None and p.pool == "generate"}
+        try:
+            await self.tenant_keys.admit(caller.tenant, keys)
+        except KeysOverCap as exc:
+            raise Overloaded(str(exc), retry_after=60.0) from None
 
     async def _admit(self, caller: Caller, tasks: int, size: int) -> None:
         """Backpressure per tenant: what it has queued, in tasks and in input bytes, is capped,
@@ -224,9 +240,10 @@ class BatchService:
 
     def _entry(self, batch_id: str, tenant: str, p: Prepared, accepted_ms: int, dedup: str | None) -> QueueEntry:
         # Inside the SubmitBatch span (gateway.api): the task's trace goes on from there.
+        assert p.queue is not None
         return QueueEntry(batch_id=batch_id, index=p.index, attempt=1, accepted_ms=accepted_ms,
                           task=p.task.SerializeToString(), provider_index=p.provider_index, dedup=dedup or "",
-                          tenant=tenant, trace=tracing.entry_field() or "")
+                          tenant=tenant, klass=p.queue.klass, trace=tracing.entry_field() or "")
 
     async def _deduplicate(self, batch_id: str, p: Prepared, entry: QueueEntry) -> tuple[str, pb.TaskResult | None]:
         """"lead" (queue it), "follow" (the leader's result will be copied to it) or "done"
@@ -256,13 +273,14 @@ class BatchService:
         return batch_id
 
     async def add_to_session(self, caller: Caller, batch_id: str, index: int, task: pb.Task,
-                             tokens: dict[str, str]) -> None:
+                             tokens: dict[str, str], priority: int = 0) -> None:
         """RECORDS ─▶ entry pushed ─▶ ACCEPT_TASK: `task_accepted` is logged once the task is
         queued (a crash before leaves a task nobody was told about)."""
         if index >= self.limits.max_batch_tasks:
             raise BadRequest(f"tasks: more than {self.limits.max_batch_tasks} tasks in one session")
         await self._admit(caller, 1, task.ByteSize())
-        p = self._prepare(caller, index, task, tokens)
+        p = self._prepare(caller, index, task, tokens, klass(priority))
+        await self._admit_keys(caller, [p])
         meta = await self.batches.meta(batch_id)
         if meta is None or meta.closed:
             raise BadRequest("the session is closed")

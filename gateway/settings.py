@@ -75,6 +75,12 @@ class GatewaySettings(CommonSettings):
     retention: float = setting(86400.0, "Seconds results and batch events are kept", check=positive)
     drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM", check=at_least(0))
     heartbeat_interval: float = setting(2.0, "Seconds between worker heartbeats", check=positive)
+    tenant_weights: str = setting("", "Share of a key each tenant gets when several wait for it (default 1 each), "
+                                      "e.g. team-a=2,team-b=1", check=mapping_of(float, minimum=0.01))
+    queue_idle: float = setting(60.0, "Seconds a tenant's queue under a key stays empty before it is removed "
+                                      "(gateways stop polling it)", check=positive)
+    max_keys_per_tenant: int = setting(32, "Distinct provider keys (tokens) one tenant may use within an hour; past "
+                                           "it submissions answer RESOURCE_EXHAUSTED", check=at_least(1))
     accept_timeout: float = setting(30.0, "Seconds a SubmitBatch call may take to write a batch; past it, a "
                                           "resubmission of the same batch id takes over (the first is presumed dead)",
                                     check=positive)

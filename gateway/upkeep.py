@@ -8,7 +8,8 @@
 - **Housekeeping** (every second): queues other gateways created are discovered; attempts HELD
   longer than `max_held` with no worker to take them go back to their queue (`no_worker`);
   entries a dead gateway left pending longer than the claim threshold are claimed and
-  requeued (`gateway_lost`); gauges are exported.
+  requeued (`gateway_lost`); gauges are exported; flows empty for `queue_idle` seconds are
+  collected (gateway.queues), so a tenant or token that came and went costs nothing after.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger("imagemesh.gateway.upkeep")
 class Upkeep:
     def __init__(self, *, inflight: InFlight, feed: Feed, outcomes: Outcomes, leases, queues: TaskQueues,
                  routing: Routing, lease_ttl: float, max_held: float, react: Callable[[Attempt, object], bool],
-                 attempt_of: Callable, settle) -> None:
+                 attempt_of: Callable, settle, queue_idle: float = 60.0) -> None:
         self.inflight = inflight
         self.feed = feed
         self.outcomes = outcomes
@@ -45,6 +46,8 @@ class Upkeep:
         self.lease_ttl = lease_ttl
         self.max_held = max_held
         self.claim_idle_ms = int(max(lease_ttl * 3, 3.0) * 1000)
+        self.queue_idle = queue_idle
+        self._empty_since: dict = {}
         self._react = react
         self._attempt_of = attempt_of   # (entry) -> Attempt, for claimed entries
         self._settle = settle
@@ -158,19 +161,43 @@ class Upkeep:
     async def export_gauges(self) -> None:
         await self._export_keys()
         for pool in Pool:
-            queues = sorted(self.feed.known[pool], key=lambda q: q.key_id)
+            queues = sorted(self.feed.known[pool], key=lambda q: (q.key_id, q.tenant, q.klass))
             depths = await self.queues.depth(queues)
             total = sum(d for d, _ in depths.values())
             oldest = max((age for _, age in depths.values()), default=0.0)
-            schedulable = 0
+            per_key: dict[str, int] = {}
             for q, (depth, _) in depths.items():
+                per_key[q.key_id] = per_key.get(q.key_id, 0) + depth
+            schedulable = 0
+            for key_id, depth in per_key.items():
                 if depth == 0:
                     continue
-                free = await self.routing.free_slots(q.key_id, self.leases)
+                free = await self.routing.free_slots(key_id, self.leases)
                 schedulable += depth if free is None else min(depth, free)
             metrics.QUEUE_DEPTH.labels(pool.value).set(total)
             metrics.QUEUE_OLDEST_AGE.labels(pool.value).set(oldest)
             metrics.SCHEDULABLE_BACKLOG.labels(pool.value).set(schedulable)
+            await self._collect(pool, {q: d for q, (d, _) in depths.items()})
+
+    async def _collect(self, pool: Pool, depths: dict) -> None:
+        """Collect the pool's flows that stayed empty `queue_idle` seconds with nothing of theirs
+        in flight here (the script checks the rest in Redis: nothing pending anywhere)."""
+        now = time.monotonic()
+        busy = {a.entry.queue for a in self.inflight}
+        gone = []
+        for q in list(self.feed.known[pool]):
+            if depths.get(q, 0) > 0 or q.redis_key(self.queues.prefix) in busy:
+                self._empty_since.pop(q, None)
+                continue
+            since = self._empty_since.setdefault(q, now)
+            if now - since >= self.queue_idle and await self.queues.collect(q, self.queue_idle):
+                gone.append(q)
+        for q in gone:
+            self._empty_since.pop(q, None)
+            self.feed.known[pool].discard(q)
+        if gone:
+            self.feed.fair.forget(gone)
+            metrics.QUEUES_COLLECTED.inc(len(gone))
 
     async def _export_keys(self) -> None:
         """Per-key lease gauges (bounded labels: see Routing.metric_label)."""

@@ -57,6 +57,8 @@ LEASE_WAIT = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
 LEASE_QUARANTINED = Gauge(
     "imagemesh_lease_quarantined", "1 while the key is quarantined after Redis lost state.", ["key"])
+QUEUES_COLLECTED = Counter(
+    "imagemesh_queues_collected_total", "Empty, idle task queues (flows) this gateway removed.")
 LEASES_LOST = Counter(
     "imagemesh_leases_lost_total", "Leases whose renewal failed; their work was cancelled.")
 REDIS_UP = Gauge(
@@ -101,7 +103,7 @@ ROLES = {
     "gateway": (TASKS_ACCEPTED, TASKS_FINISHED, TASK_DURATION, ATTEMPTS_REQUEUED, QUEUE_DEPTH,
                 QUEUE_OLDEST_AGE, SCHEDULABLE_BACKLOG, CLIENT_STREAMS, POOL_WORKERS, POOL_CAPACITY,
                 POOL_IN_FLIGHT, POOL_UTILIZATION, LEASE_IN_USE, LEASE_LIMIT, LEASE_WAITERS, LEASE_WAIT,
-                LEASE_QUARANTINED, LEASES_LOST, REDIS_UP, CIRCUIT_STATE),
+                LEASE_QUARANTINED, LEASES_LOST, REDIS_UP, CIRCUIT_STATE, QUEUES_COLLECTED),
     "gen-worker": (*_WORKER, PROVIDER_REQUEST, PROVIDER_ERRORS),
     "enhance-worker": (*_WORKER, ENHANCE_INFERENCE, ENHANCE_MEGAPIXELS, ENHANCE_GPU_MEMORY,
                        ENHANCE_OOM_RETRIES, ENHANCE_COST_IN_USE, ENHANCE_COST_BUDGET, ENHANCE_WAITING),

@@ -69,7 +69,7 @@ forwarded (the proxy must see it to decide); replies stream through unless a `dr
 `callback` rule holds one until it is complete. A command or held reply larger than
 `max_message_bytes` (256 MiB) closes the connection. The recording keeps the last
 `max_recorded` commands (100,000; older ones are dropped and counted in `dropped`), each with
-its first 16 arguments cut at 512 bytes; AUTH, HELLO, MIGRATE, CONFIG and ACL keep no arguments
+its first 64 arguments cut at 512 bytes; AUTH, HELLO, MIGRATE, CONFIG and ACL keep no arguments
 beyond the subcommand, so passwords are never recorded.
 
 What it cannot do
@@ -110,7 +110,7 @@ ACTIONS = ("error", "drop", "drop_after", "delay", "blackhole", "callback")
 DEFAULT_ERROR = "ERR injected by RedisProxy"
 
 _READ_SIZE = 64 * 1024
-_KEEP_ARGS = 16
+_KEEP_ARGS = 64
 _KEEP_BYTES = 512
 _KEYLESS = frozenset(
     "PING ECHO MULTI EXEC DISCARD UNWATCH SELECT HELLO AUTH INFO TIME DBSIZE FLUSHALL FLUSHDB "
@@ -202,7 +202,7 @@ class Command:
     conn: int                 # the connection's id, in order of accept, from 1
     name: str                 # upper case: "EVALSHA"
     label: str                # stable across runs: see command_label()
-    args: tuple[bytes, ...]   # the first 16 arguments (name included), each cut at 512 bytes
+    args: tuple[bytes, ...]   # the first 64 arguments (name included), each cut at 512 bytes
     at: float                 # time.monotonic() when it was read
     action: str | None = None  # what a rule did to it, if anything
 

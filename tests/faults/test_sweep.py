@@ -23,7 +23,7 @@ from collections import Counter
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import batches, dedup, retention
+from gateway import batches, dedup, queues, retention, tenants
 from imagemesh import leases
 from tests.conftest import RedisServer
 from tests.fakes.provider_server import FakeProviders
@@ -33,7 +33,7 @@ from tests.processes import Mesh
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
-SCRIPTS = {**batches.SCRIPTS, **dedup.SCRIPTS, **retention.SCRIPTS,
+SCRIPTS = {**batches.SCRIPTS, **dedup.SCRIPTS, **retention.SCRIPTS, **queues.SCRIPTS, **tenants.SCRIPTS,
            **{n: getattr(leases, n) for n in ("ACQUIRE", "RENEW", "RELEASE", "ABANDON", "SET_LIMIT", "STATE")}}
 
 # Commands issued on timers (renewals, touches, claims, gauges): how often they come depends on
@@ -50,7 +50,7 @@ IGNORED_PREFIXES = ("SCRIPT LOAD", "CLIENT SETINFO", "PING", "HELLO", "SUBSCRIBE
 PATH = [
     "HGETALL im:{...}:meta", "SMEMBERS im:tenant:{...}:open", "CREATE", "SADD im:tenant:{...}:open",
     "EXPIRE im:tenant:{...}:open", "SCRIPT EXISTS", "HSET im:{...}:cred", "EXPIRE im:{...}:cred", "RECORDS",
-    "DEDUP_JOIN", "XGROUP CREATE im:q:{...}", "XADD im:q:{...}", "SADD im:queues", "PUBLISH im:work",
+    "DEDUP_JOIN", "TENANT_KEYS", "PUSH", "SADD im:queues", "PUBLISH im:work",
     "COMMIT", "XREAD im:{...}:ev", "XINFO GROUPS im:q:{...}", "XLEN im:q:{...}", "ACQUIRE",
     "SADD im:lease:keys", "XREADGROUP im:q:{...}", "START", "HGETALL im:{...}:cred", "RELEASE", "NEXT",
     "XACK im:q:{...}", "XDEL im:q:{...}", "RENEW", "XCLAIM im:q:{...}", "FINISH", "ABANDON",
@@ -69,19 +69,31 @@ def _argv(c, k: int) -> bytes | None:
         return None
 
 
-def _xadd_attempt(c) -> bytes | None:
-    fields = c.args[3:]
+def _finishes(c, index: bytes, attempt: bytes) -> bool:
+    """Does this FINISH call (ARGV: retention, then index, attempt, state, payload, retire per
+    result) record `index` from `attempt`? (Among the results the proxy kept the arguments of.)"""
+    if c.label != "FINISH":
+        return False
+    k = 2
+    while (i := _argv(c, k)) is not None:
+        if i == index and _argv(c, k + 1) == attempt:
+            return True
+        k += 5
+    return False
+
+
+def _pushed_attempt(c) -> bytes | None:
+    """The attempt number of the first entry a PUSH call appends (ARGV: group, n, fields...)."""
+    fields = c.args[3 + int(c.args[2]) + 2:]
     return next((fields[k + 1] for k in range(0, len(fields) - 1, 2) if fields[k] == b"a"), None)
 
 
 # Later steps of the path that share a label with earlier ones, by what they carry.
 LATER = {
-    "push of a requeued attempt": lambda c: c.name == "XADD" and c.label.startswith("XADD im:q:")
-    and _xadd_attempt(c) == b"2",
-    "FINISH of the fallback's second attempt": lambda c: c.label == "FINISH" and _argv(c, 1) == b"4"
-    and _argv(c, 2) == b"2",
-    "FINISH of the dedup leader": lambda c: c.label == "FINISH" and _argv(c, 1) == b"5" and _argv(c, 2) == b"1",
-    "FINISH of the follower's copy": lambda c: c.label == "FINISH" and _argv(c, 1) == b"6" and _argv(c, 2) == b"*",
+    "push of a requeued attempt": lambda c: c.label == "PUSH" and _pushed_attempt(c) == b"2",
+    "FINISH of the fallback's second attempt": lambda c: _finishes(c, b"4", b"2"),
+    "FINISH of the dedup leader": lambda c: _finishes(c, b"5", b"1"),
+    "FINISH of the follower's copy": lambda c: _finishes(c, b"6", b"*"),
     "START of a second task": "START",
 }
 POINTS = [pytest.param(label, 1, id=label) for label in PATH] + \
