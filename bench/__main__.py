@@ -18,13 +18,14 @@ import sys
 import time
 import traceback
 
-from bench import enhance, head_of_line, key_limits, machine, memory, report, scale_out, storage, streaming, throughput
+from bench import (enhance, fairness, head_of_line, idle_cost, key_limits, machine, memory, report, scale_out,
+                   storage, streaming, throughput)
 from bench.external import Pending
 from bench.rig import Rig
 from tests.conftest import RedisServer
 
 SCENARIOS = {1: throughput, 2: key_limits, 3: head_of_line, 4: streaming, 5: scale_out, 6: enhance, 7: memory,
-             8: storage}
+             8: storage, 9: fairness, 10: idle_cost}
 DEFAULT_SOAK_S, QUICK_SOAK_S = 150.0, 30.0
 
 
@@ -61,7 +62,7 @@ async def run_all(rig: Rig, chosen: list[int]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="comma-separated scenario numbers (1-8)")
+    parser.add_argument("--only", default="", help="comma-separated scenario numbers (1-10)")
     parser.add_argument("--quick", action="store_true", help="fewer tasks and repetitions, a 30 s soak")
     parser.add_argument("--soak", type=float, default=None, help=f"soak seconds (default {DEFAULT_SOAK_S:.0f})")
     args = parser.parse_args(argv)

@@ -57,9 +57,11 @@ async def _mesh(rig: R.Rig) -> dict:
     ideal = math.ceil(TASKS / LIMIT) * LATENCY
     runs: dict[str, list[dict]] = {"mesh_fake": [], "direct_fake": [], "mesh_local": []}
     with R.FakeProvider(latency=LATENCY) as fake:
-        async with R.started_mesh(rig, "key_limits", workers=2,
+        # Outputs pass through as the fake's URLs (storage off), as they do for the bare
+        # semaphore beside it: the figure is the limit's hand-off, not a copy into storage.
+        async with R.started_mesh(rig, "key_limits", workers=2, IMAGEMESH_STORAGE_URL="none",
                                   IMAGEMESH_KEY_LIMITS=f"replicate={LIMIT},local={LIMIT}",
-                                  worker_settings={"IMAGEMESH_CAPACITY": "16",
+                                  worker_settings={"IMAGEMESH_CAPACITY": "16", "IMAGEMESH_STORAGE_URL": "none",
                                                    "IMAGEMESH_REPLICATE_BASE_URL": fake.url,
                                                    "IMAGEMESH_ALLOW_PRIVATE_URLS": "1"}) as m:
             # Warm-up: connections to the fake, the keys' lease state.

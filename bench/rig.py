@@ -99,8 +99,11 @@ class FakeProvider:
 
 @contextlib.contextmanager
 def mesh(rig: Rig, name: str, **settings: str) -> Iterator[Mesh]:
-    """A mesh (no processes yet) on the flushed Redis; every process it starts is killed on exit."""
+    """A mesh (no processes yet) on the flushed Redis; every process it starts is killed on exit.
+    Outputs travel inline (storage off) unless the scenario says otherwise: scenario 8 measures
+    the stores beside it, the others stay comparable with runs from before storage."""
     rig.flush()
+    settings.setdefault("IMAGEMESH_STORAGE_URL", "none")
     m = Mesh(rig.redis_url, rig.log_dir(name), IMAGEMESH_LOG_LEVEL="WARNING", **settings)
     try:
         yield m

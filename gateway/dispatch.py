@@ -86,7 +86,8 @@ class Dispatcher:
         self.tokens = BatchTokens(batches, sealer, routing)
         self.outcomes = Outcomes(redis=redis, batches=batches, queues=queues, leases=leases, routing=routing,
                                  dedup=dedup, tokens=self.tokens, inflight=self.inflight,
-                                 cancel_channel=cancel_channel, note_queue=self.note_queue)
+                                 cancel_channel=cancel_channel, note_queue=self.note_queue,
+                                 reuse=lambda leases: self.feed.reuse(leases))
         self.assigner = Assigner(inflight=self.inflight, pools=self.pools, tokens=self.tokens, routing=routing,
                                  budget=budget, max_job_runtime=settings.max_job_runtime,
                                  lease_ttl=settings.lease_ttl, hedge_delay=settings.hedge_delay,

@@ -66,6 +66,7 @@ class Feed:
         self.accepting = True
         self.known: dict[Pool, set[QueueName]] = {p: set() for p in Pool}
         self._blocked: set[str] = set()      # keys waiting in their FIFO line for a lease
+        self._lag_hint: dict[str, int] = {}  # key -> entries waiting at the last look
         self._key_turn: dict[Pool, int] = {p: 0 for p in Pool}
         self._wake = {p: asyncio.Event() for p in Pool}
         self._unstarted: dict[Pool, list[Attempt]] = {p: [] for p in Pool}
@@ -148,6 +149,7 @@ class Feed:
         for q, n in lags.items():
             if n > 0:
                 by_key.setdefault(q.key_id, {})[q] = n
+        self._lag_hint = {k: sum(v.values()) for k, v in by_key.items()}
         plan: dict[QueueName, int] = {}
         held: dict[str, list[Lease]] = {}
         for key_id, share in self._shares(pool, by_key, room):
@@ -198,6 +200,53 @@ class Feed:
         if leftover:
             await self.leases.release(leftover)
         return read
+
+    def reuse(self, leases: list[Lease]) -> list[Lease]:
+        """Leases whose jobs just ended: those of keys with work waiting are handed straight to
+        this gateway's next entries (LeaseBook.handover: unless another gateway's ticket waits
+        for the key, with no release, wake-up and acquire in between), in the background; returns
+        the others, to be released now."""
+        if not self.accepting:
+            return leases
+        by_key: dict[str, list[Lease]] = {}
+        for lease in leases:
+            by_key.setdefault(lease.key_id, []).append(lease)
+        rest: list[Lease] = []
+        workers = self.pools[Pool.GENERATE.value]
+        room = workers.credits - self.inflight.held(Pool.GENERATE)
+        for key_id, group in by_key.items():
+            take = min(len(group), room, self._lag_hint.get(key_id, 0))
+            if take <= 0:
+                rest += group
+                continue
+            room -= take
+            self._lag_hint[key_id] -= take
+            rest += group[take:]
+            t = asyncio.create_task(self._hand_over(key_id, group[:take]), name=f"lease-reuse-{key_id}")
+            self._waiters.add(t)
+            t.add_done_callback(self._waiters.discard)
+        return rest
+
+    async def _hand_over(self, key_id: str, leases: list[Lease]) -> None:
+        try:
+            kept = await self.leases.handover(leases)
+        except RedisError:
+            await _release_quietly(self.leases, leases)  # unknown: release (ids already gone are ignored)
+            return
+        if not kept:
+            return
+        try:
+            flows = [q for q in self.known[Pool.GENERATE] if q.key_id == key_id]
+            try:
+                lags = await self.queues.lags(flows)
+            except BaseException:
+                await _release_quietly(self.leases, kept)
+                raise
+            plan = self.fair.allocate(self.fair.flows(lags), len(kept))
+            await self._admit(await self._read(plan, {key_id: kept}))
+            await self._assign(Pool.GENERATE)
+        except RedisError as exc:
+            log.warning("handing leases of %s on: Redis error %s", key_id, type(exc).__name__)
 
     def _wait_for_leases(self, pool: Pool, key_id: str, want: int) -> None:
         """Wait in the key's FIFO line (a ticket in Redis) without holding up other keys."""
@@ -261,13 +310,18 @@ class Feed:
 
     async def _start_unstarted(self, pool: Pool) -> None:
         """START the pool's attempts whose answer is not known yet (asked again after an
-        error: START answers the same for the same entry)."""
-        todo = self._unstarted[pool]
+        error: START answers the same for the same entry). Several tasks admit at once (this
+        loop, lease waiters, hand-overs): each takes the attempts it starts out of the list
+        before it awaits, so no attempt is started, or taken for a duplicate, twice."""
+        todo, self._unstarted[pool] = self._unstarted[pool], []
         if not todo:
             return
-        live = await self.batches.start_many(
-            [(a.entry.batch_id, a.entry.index, a.entry.attempt, a.entry.entry_id) for a in todo])
-        self._unstarted[pool] = []
+        try:
+            live = await self.batches.start_many(
+                [(a.entry.batch_id, a.entry.index, a.entry.attempt, a.entry.entry_id) for a in todo])
+        except BaseException:
+            self._unstarted[pool] = todo + self._unstarted[pool]
+            raise
         dropped, duplicates = [], []
         for a, ok in zip(todo, live):
             if a.attempt_id in self.inflight:

@@ -45,7 +45,8 @@ log = logging.getLogger("imagemesh.gateway.outcomes")
 class Outcomes:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues, leases,
                  routing: Routing, dedup: Dedup, tokens: BatchTokens, inflight: InFlight,
-                 cancel_channel: str, note_queue: Callable[[QueueName], None]) -> None:
+                 cancel_channel: str, note_queue: Callable[[QueueName], None],
+                 reuse: Callable[[list], list] = lambda leases: leases) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -56,6 +57,7 @@ class Outcomes:
         self.inflight = inflight
         self.cancel_channel = cancel_channel
         self.note_queue = note_queue
+        self.reuse = reuse  # leases -> those to release now (the others go to work at once)
         self._busy: set[str] = set()  # attempt ids being settled right now
 
     # -- the entry points --------------------------------------------------------------------
@@ -90,6 +92,9 @@ class Outcomes:
 
     async def _release_due(self) -> None:
         due, self.inflight.releases_due = self.inflight.releases_due, []
+        if not due:
+            return
+        due = self.reuse(due)
         if not due:
             return
         try:

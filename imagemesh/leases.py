@@ -334,6 +334,35 @@ if n + purged > 0 then wake(free(limit, qu)) end
 return {epoch, n}
 """
 
+# HANDOVER: the caller's jobs under these leases of one key are over and it has more work for the
+# key: unless another holder's ticket waits (FIFO between processes comes first), each lease is
+# re-granted to the caller at once as a fresh lease (new id, fence, expiry and hard end) instead
+# of freed; otherwise they are freed and waiters woken, as RELEASE does.
+#   ARGV[5] holder  ARGV[6] wake channel of the caller's own ticket  ARGV[7] ask id  ARGV[8..] ids
+# Returns {'granted', epoch, now_ms, id1, fence1, ...} or {'released', epoch, count}
+HANDOVER = _PRELUDE + r"""
+local holder, channel, ask = ARGV[5], ARGV[6], ARGV[7]
+local epoch, qu, limit = open(false)
+if not epoch then return {'released', '', 0} end
+local n = 0
+for i = 8, #ARGV do n = n + drop(ARGV[i]) end
+local purged = purge()
+local first = redis.call('ZRANGE', queue, 0, 0)[1]
+local others = false
+if first then
+  local _, ch = want_of(first)
+  others = ch ~= channel
+end
+local f = free(limit, qu)
+if n > 0 and not others and f > 0 then
+  local out = grant(ask, math.min(n, f), holder)
+  if purged > 0 then wake(free(limit, qu)) end
+  return {'granted', epoch, now, unpack(out)}
+end
+if n + purged > 0 then wake(f) end
+return {'released', epoch, n}
+"""
+
 # ABANDON: a ticket nobody waits on any more: tombstone it (an acquire still in flight gets
 # nothing), drop it and any lease its last ask got, wake the next waiters.
 #   ARGV[5] ticket   ARGV[6] n   ARGV[7] tombstone ttl (ms)   ARGV[8] ask id ('' if none)
@@ -486,6 +515,7 @@ class LeaseBook:
         self._acquire = redis.register_script(ACQUIRE)
         self._renew = redis.register_script(RENEW)
         self._release = redis.register_script(RELEASE)
+        self._handover = redis.register_script(HANDOVER)
         self._abandon_s = redis.register_script(ABANDON)
         self._set_limit = redis.register_script(SET_LIMIT)
         self._state = redis.register_script(STATE)
@@ -806,6 +836,24 @@ class LeaseBook:
         results = await self._batch(self._release, calls)
         for (key_id, _), r in zip(calls, results):
             await self._note(key_id, r[0])
+
+    async def handover(self, leases: list[Lease]) -> list[Lease]:
+        """The jobs under `leases` (all of one key) are over and this process has more work for
+        the key: fresh leases in their place if no other process waits for the key (one round
+        trip, no wake-up hop), else nothing (they are released, and waiters woken). Raises
+        RedisError: then nothing is known; the caller releases them (idempotent)."""
+        if not leases:
+            return []
+        key_id = leases[0].key_id
+        if any(x.key_id != key_id for x in leases):
+            raise ValueError("handover takes the leases of one key")
+        sent = time.monotonic()
+        result = await self._call(self._handover, key_id,
+                                  [self.holder, self.channel, secrets.token_hex(8), *(x.lease_id for x in leases)])
+        await self._note(key_id, result[1])
+        if _text(result[0]) != "granted":
+            return []
+        return self._leases(key_id, result, sent, sent)
 
     async def renew(self, leases: Iterable[Lease]) -> tuple[list[Lease], list[Lease]]:
         """Renew leases in one round trip: (renewed, with pushed deadlines; lost, the very

@@ -295,3 +295,24 @@ async def test_redis_unreachable_fails_closed(tmp_path, book_factory):
     finally:
         server.stop()
         await client.aclose()
+
+
+async def test_handover_gives_a_finished_slot_straight_back_when_nobody_else_waits(book_factory):
+    book = await book_factory("gw-a", default_limit=2)
+    held = await book.try_acquire(KEY, 2)
+    kept = await book.handover(held[:1])
+    assert len(kept) == 1 and kept[0].lease_id != held[0].lease_id, "a fresh lease, not the old one"
+    assert kept[0].fence > max(lease.fence for lease in held)
+    state = await book.state(KEY)
+    assert state.in_use == 2 and {i.lease_id for i in state.leases} == {held[1].lease_id, kept[0].lease_id}
+
+
+async def test_handover_keeps_fifo_between_processes(book_factory):
+    a = await book_factory("gw-a", default_limit=1)
+    b = await book_factory("gw-b", default_limit=1)
+    held = await a.try_acquire(KEY)
+    waiting = asyncio.create_task(b.acquire(KEY))
+    await eventually(lambda: _waiting_is(a, 1))
+    assert await a.handover(held) == [], "another process waits: the slot is its turn"
+    got = await asyncio.wait_for(waiting, 5)
+    assert len(got) == 1 and (await a.state(KEY)).in_use == 1
