@@ -34,13 +34,13 @@ from tests.processes import Mesh
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
 SCRIPTS = {**batches.SCRIPTS, **dedup.SCRIPTS, **retention.SCRIPTS, **queues.SCRIPTS, **tenants.SCRIPTS,
-           **{n: getattr(leases, n) for n in ("ACQUIRE", "RENEW", "RELEASE", "ABANDON", "SET_LIMIT", "STATE")}}
+           **{n: getattr(leases, n) for n in ("ACQUIRE", "RENEW", "RELEASE", "HANDOVER", "ABANDON", "SET_LIMIT", "STATE")}}
 
 # Commands issued on timers (renewals, touches, claims, gauges): how often they come depends on
 # timing, so an injection there may not fire in a given run.
 TIMED = {"RENEW", "XCLAIM im:q:{...}", "XAUTOCLAIM im:q:{...}", "XINFO GROUPS im:q:{...}",
          "XLEN im:q:{...}", "STATE", "ABANDON", "SCRIPT EXISTS", "XREAD im:{...}:ev", "ACQUIRE",
-         "XREADGROUP im:q:{...}", "XRANGE im:q:{...}"}
+         "XREADGROUP im:q:{...}", "XRANGE im:q:{...}", "HANDOVER", "RELEASE"}
 # Commands the sweep leaves alone: the connection handshake, and what an idle gateway does
 # anyway (it is not on a batch's path; the lease and chaos tests cover an idle Redis fault).
 IGNORED_PREFIXES = ("SCRIPT LOAD", "CLIENT SETINFO", "PING", "HELLO", "SUBSCRIBE", "SMEMBERS im:queues",
@@ -58,6 +58,8 @@ PATH = [
     # Object storage: the tenant's stored bytes (quota), each batch indexed for retention at its
     # first assignment, the bytes of each stored output counted.
     "HGET im:{...}:tenant", "RETENTION_RECORD",
+    # A finished job's lease handed to the gateway's next entry of the key.
+    "HANDOVER",
 ]
 
 
