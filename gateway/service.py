@@ -105,12 +105,17 @@ class BatchService:
 
     # -- preparing tasks -----------------------------------------------------------------------
     def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str], klass: str) -> Prepared:
+        """Check and route one task. The request's own message is changed in place (a sanitised
+        filename, the usable providers), never copied: an enhance image in it may be megabytes."""
         p = Prepared(index, task)
-        p.task = pb.Task()
-        p.task.CopyFrom(task)
-        p.task.output_filename = filenames.sanitize(task.output_filename, default=f"task_{index}")
         try:
             check_task(task, f"tasks[{index}]", self.limits)
+        except TaskFailure as failure:
+            p.failure = failure
+        task.output_filename = filenames.sanitize(task.output_filename, default=f"task_{index}")
+        if p.failure is not None:
+            return p
+        try:
             if p.pool == "generate":
                 self.routing.validate_providers(task, is_admin=caller.is_admin, request_tokens=tokens)
                 usable = self.routing.usable_providers(task, is_admin=caller.is_admin, request_tokens=tokens)

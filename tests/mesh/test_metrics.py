@@ -86,3 +86,27 @@ async def test_every_process_metrics_pass_promtool(mesh_factory, tmp_path):
                  "imagemesh_pool_capacity", "imagemesh_pool_utilization_ratio"):
         assert name in gw_text
     assert sample(gw_text, "imagemesh_tasks_finished_total", pool="generate", outcome="succeeded") == 1.0
+
+
+async def test_tasks_cancelled_while_queued_are_counted_as_finished(mesh_factory):
+    """Every accepted task is counted once as finished: here 13 accepted = 8 succeeded + 5
+    cancelled while still in the queue (no worker took them)."""
+    m = mesh_factory(IMAGEMESH_CAPACITY="8", IMAGEMESH_STORAGE_URL="none")
+    gw = m.start_gateway()
+    m.start_worker()
+    async with Client(m.address, CLIENT_KEY) as c:
+        done = [e async for e in c.submit([pb.Task(generate=pb.GenerateSpec(prompt=f"ok{i}")) for i in range(8)])]
+        assert done[-1].summary.succeeded == 8
+    m.workers[0].kill()
+    async with Client(m.address, CLIENT_KEY) as c:
+        stream = c.submit([pb.Task(generate=pb.GenerateSpec(prompt=f"queued{i}")) for i in range(5)])
+        accepted = await anext(stream)
+        await c.cancel(accepted.batch_id)
+        events = [accepted] + [e async for e in stream]
+    assert events[-1].summary.cancelled == 5
+    text = await scrape(gw)
+    accepted_n = sample(text, "imagemesh_tasks_accepted_total", pool="generate")
+    finished = sum(sample(text, "imagemesh_tasks_finished_total", pool="generate", outcome=o) or 0
+                   for o in ("succeeded", "failed", "cancelled"))
+    assert accepted_n == 13 and finished == 13, text
+    assert sample(text, "imagemesh_tasks_finished_total", pool="generate", outcome="cancelled") == 5
