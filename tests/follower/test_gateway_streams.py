@@ -11,6 +11,7 @@ import pytest
 from gateway.follower import READER_NAME, READS_NAME, FollowerSettings
 from imagemesh.v1 import imagemesh_pb2 as pb
 from tests.follower.conftest import METADATA, api, finish, log_ids, new_batch
+from tests.processes import OTHER_CLIENT_KEY
 
 
 async def redis_clients(redis) -> int:
@@ -71,3 +72,65 @@ async def test_300_watch_streams_share_a_few_redis_connections_and_each_gets_eve
             assert [e.cursor for e in events] == log, "every event once, in the log's order"
             assert events[0].HasField("accepted") and events[-1].HasField("summary")
             assert [e.result.task_index for e in events[1:-1]] == list(range(tasks))
+
+
+async def test_open_streams_are_capped_per_tenant_and_per_gateway(mesh_factory, redis, store):
+    """Past IMAGEMESH_MAX_STREAMS_PER_TENANT (2) a tenant's new stream of any kind is refused with
+    RESOURCE_EXHAUSTED, a retry hint and the limit named, and a refused SubmitBatch submits
+    nothing; another tenant still gets streams, up to the gateway's IMAGEMESH_MAX_STREAMS (3).
+    A stream that ends frees its place."""
+    m = mesh_factory(IMAGEMESH_MAX_STREAMS_PER_TENANT="2", IMAGEMESH_MAX_STREAMS="3")
+    await new_batch(store, "bcap", 2)
+    await new_batch(store, "bcap-b", 2, tenant="team-b")
+    m.start_gateway()
+    channel, stub = api(m.address)
+    other = (("authorization", f"Bearer {OTHER_CLIENT_KEY}"),)
+
+    def watch(batch_id: str = "bcap", metadata=METADATA):
+        return stub.WatchBatch(pb.WatchBatchRequest(batch_id=batch_id), metadata=metadata)
+
+    async def refused(call, limit: str) -> None:
+        async def drain():
+            async for _ in call:
+                pass
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            try:
+                await asyncio.wait_for(drain(), 10)
+            except asyncio.TimeoutError:
+                call.cancel()
+                raise AssertionError("the stream was not refused") from None
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert limit in err.value.details(), err.value.details()
+        assert int(dict(err.value.trailing_metadata())["retry-after-ms"]) > 0
+
+    try:
+        held = [watch(), watch()]
+        for call in held:
+            assert (await anext(aiter(call))).HasField("accepted")
+        batches = await redis.keys("im:*:meta")
+        await refused(watch(), "the limit is 2 (IMAGEMESH_MAX_STREAMS_PER_TENANT)")
+        await refused(stub.SubmitBatch(pb.SubmitBatchRequest(tasks=[pb.Task(generate=pb.GenerateSpec(prompt="x"))]),
+                                       metadata=METADATA), "IMAGEMESH_MAX_STREAMS_PER_TENANT")
+
+        async def opening():
+            yield pb.StreamRequest(open=pb.StreamOpen())
+        await refused(stub.Stream(opening(), metadata=METADATA), "IMAGEMESH_MAX_STREAMS_PER_TENANT")
+        assert sorted(await redis.keys("im:*:meta")) == sorted(batches), "a refused SubmitBatch submits nothing"
+
+        theirs = watch("bcap-b", other)
+        assert (await anext(aiter(theirs))).HasField("accepted"), "another tenant is not held back"
+        await refused(watch("bcap-b", other), "its limit is 3 (IMAGEMESH_MAX_STREAMS)")
+
+        held.pop().cancel()
+        deadline = time.monotonic() + 5
+        while True:
+            again = watch()
+            try:
+                assert (await anext(aiter(again))).HasField("accepted")
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        again.cancel()
+    finally:
+        await channel.close()
