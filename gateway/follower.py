@@ -43,7 +43,7 @@ streams holds each entry once.
 Ends: the summary ends a subscription, and the follower stops reading a batch once it read its
 summary; the last subscriber leaving unfollows its batch; a batch whose log and record are both
 gone (expired) ends its subscribers without a summary (batches that got no entry are checked
-every `block_ms`).
+every `expiry_check_ms`).
 
 Redis errors: on the follower's connection, it reconnects with backoff (a new CLIENT ID) and
 resumes each batch from its cursor F; subscribers wait, then get what came meanwhile, once. A
@@ -82,8 +82,10 @@ READER_NAME, READS_NAME = "imagemesh-follower", "imagemesh-follower-reads"
 
 @dataclass(frozen=True)
 class FollowerSettings:
-    # How long one XREAD waits; also how often batches with no new entry are checked for expiry.
+    # How long one XREAD waits (new batches interrupt it: CLIENT UNBLOCK).
     block_ms: int = 2000
+    # How often batches that got no entry meanwhile are checked for expiry (EXISTS each).
+    expiry_check_ms: int = 10_000
     # Entries read per batch per XREAD.
     count: int = 100
     # A subscriber's buffer of live entries (at least one entry, whatever its size).
@@ -443,7 +445,7 @@ class EventFollower:
     async def _check_expiry(self) -> None:
         """Batches that got no entry since the last check: end those whose log and record are
         both gone (expired, deleted)."""
-        self._next_check = time.monotonic() + self.s.block_ms / 1000
+        self._next_check = time.monotonic() + self.s.expiry_check_ms / 1000
         quiet = [b for b in self._batches.values() if not b.active]
         for b in self._batches.values():
             b.active = False

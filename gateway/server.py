@@ -180,8 +180,8 @@ class Gateway:
             ("grpc.max_connection_age_grace_ms", int(self.s.max_job_runtime * 1000) + 60_000),
         ])
         services = pb.DESCRIPTOR.services_by_name
-        streams = OpenStreams(per_tenant=self.s.max_streams_per_tenant, total=self.s.max_streams)
-        wire.add_servicer(self.server, ImageMeshServicer(self.service, streams), services["ImageMesh"], pb)
+        self.streams = OpenStreams(per_tenant=self.s.max_streams_per_tenant, total=self.s.max_streams)
+        wire.add_servicer(self.server, ImageMeshServicer(self.service, self.streams), services["ImageMesh"], pb)
         wire.add_servicer(self.server, MeshAdminServicer(self.dispatcher, self.routing, self.leases,
                                                          self.registry), services["MeshAdmin"], pb)
         wire.add_servicer(self.server, WorkerLinkServicer(self.dispatcher, gateway_id=self.id,

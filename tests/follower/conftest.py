@@ -71,3 +71,17 @@ async def follower_factory(redis_server, store):
     yield make
     for f in made:
         await f.stop()
+
+
+@pytest.fixture
+async def gateway(redis_server, redis):
+    """A gateway in this process (port 0, storage off), to look at its follower from the test."""
+    from gateway.server import Gateway
+    from gateway.settings import GatewaySettings
+    from tests.processes import SECRET_KEY, api_keys_setting
+
+    gw = Gateway(GatewaySettings(listen="127.0.0.1:0", health_port=-1, metrics_port=-1, redis_url=redis_server.url,
+                                 api_keys=api_keys_setting(), secret_key=SECRET_KEY, storage_url="none"))
+    await gw.start()
+    yield gw
+    await gw.stop()

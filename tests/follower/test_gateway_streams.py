@@ -134,3 +134,35 @@ async def test_open_streams_are_capped_per_tenant_and_per_gateway(mesh_factory, 
         again.cancel()
     finally:
         await channel.close()
+
+
+async def test_streams_that_end_leave_nothing_followed_or_counted(gateway, store):
+    """Clients that go away mid-stream, a stream that reads to its summary, and a refused one:
+    afterwards the follower reads no batch and holds no subscriber, and no stream is counted."""
+    for b in ("bg0", "bg1", "bg2"):
+        await new_batch(store, b, 2)
+    await finish(store, "bg2", 0, 1)
+    channel, stub = api(f"127.0.0.1:{gateway.port}")
+    try:
+        calls = [stub.WatchBatch(pb.WatchBatchRequest(batch_id=b), metadata=METADATA)
+                 for b in ("bg0", "bg1") for _ in range(10)]
+        for call in calls:
+            assert (await anext(aiter(call))).HasField("accepted")
+        assert (gateway.follower.followed, gateway.follower.subscribers) == (2, 20)
+        done = [e async for e in stub.WatchBatch(pb.WatchBatchRequest(batch_id="bg2"), metadata=METADATA)]
+        assert done[-1].HasField("summary")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await anext(aiter(stub.WatchBatch(pb.WatchBatchRequest(batch_id="bg0", after_cursor="x"),
+                                              metadata=METADATA)))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for call in calls:
+            call.cancel()
+        deadline = time.monotonic() + 5
+        while gateway.follower.subscribers and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert (gateway.follower.followed, gateway.follower.subscribers) == (0, 0)
+        while gateway.streams.open() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert gateway.streams.open() == 0
+    finally:
+        await channel.close()
