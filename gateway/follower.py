@@ -46,9 +46,10 @@ gone (expired) ends its subscribers without a summary (batches that got no entry
 every `expiry_check_ms`).
 
 Redis errors: on the follower's connection, it reconnects with backoff (a new CLIENT ID) and
-resumes each batch from its cursor F; subscribers wait, then get what came meanwhile, once. A
-replay read that fails raises RedisError in its stream (UNAVAILABLE: the client re-attaches
-with its cursor).
+resumes each batch from its cursor F; subscribers wait, then get what came meanwhile, once.
+Past `outage_s` of errors, its subscribers end with the error instead. A replay read that fails
+raises RedisError in its stream. Either way the client sees UNAVAILABLE and re-attaches with its
+cursor (`imagemesh.Client` does), here or on another gateway.
 
 Redis connections: the blocking one, and a pool of at most `read_connections` (replays, log
 heads, existence checks, CLIENT UNBLOCK), whatever the number of streams. One XREAD spans many
@@ -95,6 +96,9 @@ class FollowerSettings:
     page: int = 200
     # The pool for everything but the blocking read.
     read_connections: int = 4
+    # Subscribers wait through a Redis outage this long, then end with the error (UNAVAILABLE:
+    # their clients re-attach, maybe to another gateway).
+    outage_s: float = 30.0
 
 
 class Entry:
@@ -138,7 +142,7 @@ class _Head:
 
 
 class _Subscriber:
-    __slots__ = ("batch_id", "last", "last_id", "buffer", "size", "wakeup", "batch", "detached", "gone")
+    __slots__ = ("batch_id", "last", "last_id", "buffer", "size", "wakeup", "batch", "detached", "gone", "failure")
 
     def __init__(self, batch_id: str, after: str) -> None:
         self.batch_id = batch_id
@@ -150,6 +154,7 @@ class _Subscriber:
         self.batch: _Batch | None = None
         self.detached = False  # left the fan-out (buffer full): catch up with reads of its own
         self.gone = False  # the batch expired: end after what is buffered
+        self.failure: RedisError | None = None  # Redis is out too long: raise it after what is buffered
 
     def offer(self, entry: Entry, max_events: int, max_bytes: int) -> bool:
         if self.buffer and (len(self.buffer) >= max_events or self.size + len(entry.wire) > max_bytes):
@@ -296,6 +301,8 @@ class EventFollower:
                                 return
                     if sub.gone:
                         return
+                    if sub.failure is not None:
+                        raise sub.failure
                     if sub.detached:
                         break  # too slow for the fan-out: catch up from our own cursor, join again
                     sub.wakeup.clear()
@@ -357,11 +364,13 @@ class EventFollower:
         if self._batches.get(batch.batch_id) is batch:
             del self._batches[batch.batch_id]
 
-    def _end(self, batch: _Batch) -> None:
-        """The batch is gone: its subscribers end after what they hold."""
+    def _end(self, batch: _Batch, failure: RedisError | None = None) -> None:
+        """The batch is gone (or Redis, for too long: `failure`): its subscribers end after what
+        they hold."""
         self._unfollow(batch)
         for sub in batch.subscribers:
-            sub.gone = True
+            sub.gone = failure is None
+            sub.failure = failure
             sub.wakeup.set()
 
     async def _unblock(self) -> None:
@@ -380,7 +389,7 @@ class EventFollower:
             await asyncio.sleep(0.002)  # the XREAD is on its way to Redis, or its reply to us
 
     async def _run(self) -> None:
-        delay = 0.05
+        delay, failing_since = 0.05, None
         while not self._stopping:
             if not self._batches:
                 self._wanted.clear()
@@ -388,13 +397,20 @@ class EventFollower:
                 continue
             try:
                 await self._read()
-                delay = 0.05
+                delay, failing_since = 0.05, None
             except asyncio.CancelledError:
                 raise
             except RedisError as exc:
                 self._client_id = None
-                log.warning("event follower: Redis error (%s); reconnecting, %d batches resume from their cursors",
-                            type(exc).__name__, len(self._batches))
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > self.s.outage_s:
+                    log.warning("event follower: Redis unavailable for %.0fs (%s); ending %d streams (UNAVAILABLE)",
+                                self.s.outage_s, type(exc).__name__, self.subscribers)
+                    for batch in list(self._batches.values()):
+                        self._end(batch, exc)
+                else:
+                    log.warning("event follower: Redis error (%s); reconnecting, %d batches resume from their "
+                                "cursors", type(exc).__name__, len(self._batches))
                 with contextlib.suppress(Exception):
                     if self._conn.connection is not None:
                         await self._conn.connection.disconnect()

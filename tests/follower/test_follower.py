@@ -207,3 +207,30 @@ async def test_a_redis_restart_under_the_follower_loses_and_repeats_nothing(tmp_
     finally:
         await r.aclose()
         server.stop()
+
+
+async def test_subscribers_end_with_the_error_when_redis_stays_away(tmp_path, follower_factory):
+    """A short outage is waited out (the test above); a long one ends the streams with the Redis
+    error (UNAVAILABLE for the client, which re-attaches elsewhere) instead of leaving them hang."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from gateway.batches import BatchStore
+
+    server = RedisServer(tmp_path)
+    server.start()
+    r = aioredis.Redis.from_url(server.url)
+    try:
+        f = follower_factory(server.url, block_ms=200, outage_s=1.0)
+        await new_batch(BatchStore(r), "bgone", 2)
+        events = f.events("bgone")
+        assert (await anext(events)).kind == b"accepted"
+        await asyncio.sleep(0.1)
+        server.stop()
+        t0 = time.monotonic()
+        with pytest.raises(RedisError):
+            await asyncio.wait_for(anext(events), 10)
+        assert 1.0 <= time.monotonic() - t0 < 6 and f.followed == 0
+    finally:
+        await r.aclose()
+        server.stop()
