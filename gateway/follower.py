@@ -87,13 +87,15 @@ class FollowerSettings:
     block_ms: int = 2000
     # How often batches that got no entry meanwhile are checked for expiry (EXISTS each).
     expiry_check_ms: int = 10_000
-    # Entries read per batch per XREAD.
+    # Entries read per batch per XREAD, and per replay read (at most).
     count: int = 100
     # A subscriber's buffer of live entries (at least one entry, whatever its size).
     buffer_events: int = 256
     buffer_bytes: int = 1024 * 1024
-    # Entries per replay read.
     page: int = 200
+    # Fewer when entries are large (inline outputs): a read of one batch holds about this many
+    # bytes, judged by the size of the entries read last.
+    read_bytes: int = 4 * 1024 * 1024
     # The pool for everything but the blocking read.
     read_connections: int = 4
     # Subscribers wait through a Redis outage this long, then end with the error (UNAVAILABLE:
@@ -112,6 +114,13 @@ class Entry:
         self.key = cursor_key(cursor)
         self.kind = kind
         self.wire = wire
+
+
+def _sized(most: int, budget: int, last: list[Entry]) -> int:
+    """How many entries the next read may ask for, so that it holds about `budget` bytes
+    judging by the entries read last (at least 1, at most `most`)."""
+    size = sum(len(e.wire) for e in last)
+    return max(1, min(most, budget * len(last) // max(1, size)))
 
 
 async def serialized(entries: AsyncIterator[Entry]) -> AsyncIterator[bytes]:
@@ -217,6 +226,7 @@ class EventFollower:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._next_check = 0.0
+        self._count = settings.count
         # Counters for tests and logs.
         self.reads = 0
         self.detaches = 0
@@ -278,17 +288,20 @@ class EventFollower:
                 head = None
                 # Replay (last, upto] with reads of our own; upto None: the log is complete,
                 # replay it to its end.
+                page = self.s.page
                 while True:
-                    rows = await self._reads.xrange(key, min=b"(" + sub.last_id, max=upto or b"+",
-                                                    count=self.s.page)
-                    for raw_id, fields in rows:
-                        entry = Entry(raw_id, fields.get(b"k", b""), encode_event(head_field, raw_id, fields))
+                    rows = await self._reads.xrange(key, min=b"(" + sub.last_id, max=upto or b"+", count=page)
+                    entries = [Entry(raw_id, fields.get(b"k", b""), encode_event(head_field, raw_id, fields))
+                               for raw_id, fields in rows]
+                    del rows
+                    for entry in entries:
                         if sub.fresh(entry):
                             yield entry
                             if entry.kind == SUMMARY:
                                 return
-                    if len(rows) < self.s.page:
+                    if len(entries) < page:
                         break
+                    page = _sized(self.s.page, self.s.read_bytes, entries)
                 if upto is None:
                     return
                 # Live, from the buffer.
@@ -433,7 +446,7 @@ class EventFollower:
         self._issued = self._generation
         self._blocked = True
         try:
-            reply = await self._conn.xread(streams, count=self.s.count, block=self.s.block_ms)
+            reply = await self._conn.xread(streams, count=self._count, block=self.s.block_ms)
         finally:
             self._blocked = False
         self.reads += 1
@@ -444,6 +457,7 @@ class EventFollower:
         """Offer each entry to every subscriber of its batch. No await in here: see the
         module docstring (the hand-over rests on it)."""
         s = self.s
+        read: list[Entry] = []
         for key, rows in reply:
             batch = batches.get(key)
             for raw_id, fields in rows:
@@ -452,11 +466,14 @@ class EventFollower:
                 batch.active = True
                 batch.cursor = raw_id
                 entry = Entry(raw_id, fields.get(b"k", b""), encode_event(batch.head, raw_id, fields))
+                read.append(entry)
                 for sub in tuple(batch.subscribers):
                     if not sub.offer(entry, s.buffer_events, s.buffer_bytes):
                         self._detach(sub)
                 if entry.kind == SUMMARY:
                     self._unfollow(batch)  # nothing comes after it; its subscribers end on it
+        if read:
+            self._count = _sized(s.count, s.read_bytes, read)
 
     async def _check_expiry(self) -> None:
         """Batches that got no entry since the last check: end those whose log and record are

@@ -97,15 +97,16 @@ async def test_a_new_batch_is_followed_at_once_not_after_the_block(store, follow
 async def test_a_slow_subscriber_holds_a_bounded_buffer_and_then_gets_everything(redis, store, follower_factory):
     """A client that stops reading while 200 results of 4 KB are written: its buffer never holds
     more than its bound (it leaves the fan-out instead); when it reads again it gets every event
-    from its own cursor, in order, once. A reading subscriber of the same batch is unaffected."""
-    f = follower_factory(block_ms=500, buffer_events=16, buffer_bytes=32 * 1024)
+    from its own cursor, in order, once. A reading subscriber of the same batch is unaffected.
+    Reads of large entries ask for fewer at a time (about `read_bytes` per read)."""
+    f = follower_factory(block_ms=500, buffer_events=16, buffer_bytes=32 * 1024, read_bytes=20_000)
     b, tasks = "bslow", 200
     await new_batch(store, b, tasks)
     slow = f.events(b)
     assert (await anext(slow)).kind == b"accepted"  # then it stops reading
     fast_got: list = []
     fast = asyncio.create_task(collect(f.events(b), fast_got))
-    held = 0
+    held, counts = 0, set()
     for i in range(tasks):
         await finish(store, b, i, data=bytes(4096))
         await asyncio.sleep(0)
@@ -113,12 +114,14 @@ async def test_a_slow_subscriber_holds_a_bounded_buffer_and_then_gets_everything
         for sub in (batch.subscribers if batch else ()):
             assert len(sub.buffer) <= 16 and sub.size <= 32 * 1024 + 8192
             held = max(held, sub.size)
+        counts.add(f._count)
     await asyncio.wait_for(fast, 10)
     assert f.detaches >= 1
     rest = [pb.BatchEvent.FromString(e.wire) async for e in slow]
     log = await log_ids(redis, b)
     assert [e.cursor for e in rest] == log[1:]
     assert [e.cursor for e in fast_got] == log
+    assert min(counts) == 4, "about 20 KB of 4 KB entries per read"
     print(f"most bytes a subscriber held: {held}")
 
 
