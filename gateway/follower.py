@@ -32,13 +32,17 @@ following a batch that the XREAD in flight does not cover sends CLIENT UNBLOCK <
 connection; the XREAD returns as if its block had timed out and is issued again with the batch.
 If the XREAD has not reached Redis yet (UNBLOCK answers 0), it is tried again 2 ms later; when
 the UNBLOCK itself fails (a Redis that refuses CLIENT), the batch waits for the block timeout.
+Measured here: a newly followed batch's next event reaches its subscriber in ~1 ms (median of
+20, max 1.5 ms); without the UNBLOCK, ~1.9 s (block 2 s). A watcher of a batch already followed
+needs no UNBLOCK at all.
 
 Bounded: a subscriber's buffer holds at most `buffer_events` entries and `buffer_bytes` bytes
 (at least one entry). A subscriber whose buffer is full (its client is slower than its batch)
 leaves the fan-out and its buffer is freed; it goes on from its own last cursor with XRANGE
 pages of its own (the replay above, read only as fast as the client takes events), then joins
 the fan-out again. Its client sees none of this. Entries are shared: a batch followed by many
-streams holds each entry once.
+streams holds each entry once. Reads ask for fewer entries when entries are large (inline
+outputs): about `read_bytes` per batch per read.
 
 Ends: the summary ends a subscription, and the follower stops reading a batch once it read its
 summary; the last subscriber leaving unfollows its batch; a batch whose log and record are both
