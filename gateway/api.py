@@ -3,7 +3,11 @@
 Status codes: UNAUTHENTICATED (no or wrong key) and PERMISSION_DENIED (role), both from
 `interceptors.Authenticator` before the request is read, INVALID_ARGUMENT
 (the whole request is wrong: field and limit in the message), NOT_FOUND, RESOURCE_EXHAUSTED
-(overload, with a retry hint in `retry-after-ms` trailing metadata), UNAVAILABLE (Redis down).
+(overload, with a retry hint in `retry-after-ms` trailing metadata: also past the caps on open
+streams, `streams.OpenStreams`), UNAVAILABLE (Redis down).
+
+The streaming methods relay batch events as the bytes the client receives (`gateway.follower`;
+`gateway.wire` passes bytes through): nothing here parses or serialises an event.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import AsyncIterator
 import grpc
 from redis.exceptions import RedisError
 
-from imagemesh import logs, metrics, tracing
+from imagemesh import logs, tracing
 from imagemesh.logs import log_context
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
@@ -25,6 +29,7 @@ from .batches import BadCursor
 from .files_api import FileTransfer
 from .interceptors import current_caller
 from .service import BatchService, Forbidden, NotFound, Overloaded
+from .streams import OpenStreams
 from .validation import BadRequest
 
 log = logging.getLogger("imagemesh.gateway.api")
@@ -77,13 +82,15 @@ class ImageMeshServicer(FileTransfer, pb_grpc.ImageMeshServicer):
     """Callers are authenticated (key and role) by `interceptors.Authenticator` before a
     request is read; each method takes the caller from `current_caller()`."""
 
-    def __init__(self, service: BatchService) -> None:
+    def __init__(self, service: BatchService, streams: OpenStreams) -> None:
         self.service = service
+        self.streams = streams
         self._cleanups: set[asyncio.Task] = set()
 
     async def SubmitBatch(self, request, context):
         caller = current_caller()
-        metrics.CLIENT_STREAMS.inc()
+        async with translated(context):
+            self.streams.claim(caller.tenant)  # before anything is submitted
         try:
             with log_context(tenant=caller.tenant):
                 async with translated(context):
@@ -95,14 +102,24 @@ class ImageMeshServicer(FileTransfer, pb_grpc.ImageMeshServicer):
                 with log_context(batch_id=batch_id):
                     log.debug("batch accepted: %d tasks", len(request.tasks))
                     del request  # the tasks are in Redis now; don't hold them while the batch streams
-                    async with translated(context):
-                        async for event in self.service.events(batch_id):
+                    async with translated(context), contextlib.aclosing(self.service.events(batch_id)) as events:
+                        async for event in events:
                             yield event
         finally:
-            metrics.CLIENT_STREAMS.dec()
+            self.streams.release(caller.tenant)
 
     async def Stream(self, request_iterator, context):
         caller = current_caller()
+        async with translated(context):
+            self.streams.claim(caller.tenant)
+        try:
+            async with contextlib.aclosing(self._session(caller, request_iterator, context)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self.streams.release(caller.tenant)
+
+    async def _session(self, caller, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("open"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
@@ -143,7 +160,6 @@ class ImageMeshServicer(FileTransfer, pb_grpc.ImageMeshServicer):
                 failure.append(exc)
 
         reader = asyncio.create_task(read_tasks())
-        metrics.CLIENT_STREAMS.inc()
         try:
             async with translated(context):
                 async for event in _until(self.service.events(batch_id), failed):
@@ -151,7 +167,6 @@ class ImageMeshServicer(FileTransfer, pb_grpc.ImageMeshServicer):
                 if failed.is_set():
                     raise failure[0]
         finally:
-            metrics.CLIENT_STREAMS.dec()
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(BaseException):
@@ -172,13 +187,15 @@ class ImageMeshServicer(FileTransfer, pb_grpc.ImageMeshServicer):
 
     async def WatchBatch(self, request, context):
         caller = current_caller()
-        metrics.CLIENT_STREAMS.inc()
+        async with translated(context):
+            self.streams.claim(caller.tenant)
         try:
-            async with translated(context):
-                async for event in self.service.watch(caller, request.batch_id, request.after_cursor):
+            async with translated(context), \
+                    contextlib.aclosing(self.service.watch(caller, request.batch_id, request.after_cursor)) as events:
+                async for event in events:
                     yield event
         finally:
-            metrics.CLIENT_STREAMS.dec()
+            self.streams.release(caller.tenant)
 
     async def GetBatch(self, request, context):
         caller = current_caller()

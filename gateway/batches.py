@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -589,36 +589,9 @@ class BatchStore:
         `after` is the summary's cursor: nothing more will come."""
         if not after:
             return False
-        if not CURSOR.match(after):
-            raise BadCursor(f"after_cursor: {after!r} is not a cursor (they look like 1700000000000-0)")
+        check_cursor_format(after)
         last = await self.r.xrevrange(self.events_key(batch_id), count=1)
-        if not last:
-            return False
-        last_id = last[0][0].decode()
-        if _cursor_key(after) > _cursor_key(last_id):
-            raise BadCursor(f"after_cursor: {after} is beyond the batch's last event ({last_id})")
-        return after == last_id and last[0][1].get(b"k") == b"summary"
-
-    async def events(self, batch_id: str, after: str = "", *, block_ms: int = 1000,
-                     count: int = 500) -> AsyncIterator[pb.BatchEvent]:
-        """Every event after cursor `after` (from the start if empty), then new ones as they come,
-        until the summary. Stops with nothing if the batch does not exist. Raises BadCursor."""
-        if await self.check_cursor(batch_id, after):
-            return
-        key = self.events_key(batch_id)
-        cursor = after or "0-0"
-        while True:
-            reply = await self.r.xread({key: cursor}, count=count, block=block_ms)
-            if not reply:
-                if not await self.r.exists(key, self.meta_key(batch_id)):
-                    return
-                continue
-            for entry_id, fields in reply[0][1]:
-                cursor = entry_id.decode()
-                event = decode_event(batch_id, cursor, fields)
-                yield event
-                if event.HasField("summary"):
-                    return
+        return judge_cursor(after, last[0] if last else None)
 
 
 def _by_batch(rows: list[tuple]) -> dict[str, list[tuple[int, tuple]]]:
@@ -638,12 +611,32 @@ def _scatter(n: int, groups: dict[str, list[tuple[int, tuple]]], replies: list, 
     return out
 
 
-def _cursor_key(cursor: str) -> tuple[int, int]:
-    ms, _, seq = cursor.partition("-")
+def check_cursor_format(after: str) -> None:
+    """Raises BadCursor unless `after` looks like a cursor."""
+    if not CURSOR.match(after):
+        raise BadCursor(f"after_cursor: {after!r} is not a cursor (they look like 1700000000000-0)")
+
+
+def judge_cursor(after: str, last: tuple[bytes, dict[bytes, bytes]] | None) -> bool:
+    """`after` (a well-formed cursor, or empty) against the log's last entry (None: no log yet).
+    Raises BadCursor for a cursor beyond it; True when `after` is the summary's cursor."""
+    if not after or last is None:
+        return False
+    last_id = last[0].decode()
+    if cursor_key(after) > cursor_key(last_id):
+        raise BadCursor(f"after_cursor: {after} is beyond the batch's last event ({last_id})")
+    return after == last_id and last[1].get(b"k") == b"summary"
+
+
+def cursor_key(cursor: str | bytes) -> tuple[int, int]:
+    """A cursor (an entry id, `ms-seq`) as a tuple that orders like the log."""
+    ms, _, seq = (cursor.decode() if isinstance(cursor, bytes) else cursor).partition("-")
     return int(ms), int(seq or 0)
 
 
 def decode_event(batch_id: str, cursor: str, fields: dict[bytes, bytes]) -> pb.BatchEvent:
+    """A stored event parsed into its message: the reference form of `encode_event` (which the
+    gateway sends instead)."""
     kind = fields[b"k"].decode()
     event = pb.BatchEvent(batch_id=batch_id, cursor=cursor)
     if kind == "accepted":
@@ -659,6 +652,57 @@ def decode_event(batch_id: str, cursor: str, fields: dict[bytes, bytes]) -> pb.B
         event.summary.cancelled = int(fields[b"cancelled"])
         event.summary.duration_ms = int(fields[b"duration_ms"])
     return event
+
+
+# -- the stored event as sent: protobuf wire format, written by hand -----------------------------
+# BatchEvent: batch_id = 1, cursor = 2 (strings), then one of accepted = 3, task_accepted = 4,
+# result = 5, summary = 6 (messages). A field is its tag ((number << 3) | wire type; 2 is
+# length-delimited, 0 a varint), then a varint length and the bytes. The stored `d` is the
+# serialized oneof message, so it is copied as it is, never parsed.
+_EMBEDDED = {b"accepted": b"\x1a", b"task_accepted": b"\x22", b"result": b"\x2a"}
+_SUMMARY_TAG = b"\x32"
+# BatchSummary: total = 1, succeeded = 2, failed = 3, cancelled = 4 (int32), duration_ms = 5
+# (int64), all varints; the stored field names are the summary script's (see _SUMMARY).
+_SUMMARY_FIELDS = ((b"total", b"\x08"), (b"ok", b"\x10"), (b"failed", b"\x18"), (b"cancelled", b"\x20"),
+                   (b"duration_ms", b"\x28"))
+
+
+def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return bytes((n,))
+    if n < 0:
+        n += 1 << 64  # negative ints are sign-extended to 64 bits, as protobuf does
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def event_head(batch_id: str) -> bytes:
+    """The encoded `batch_id` field, the same for every event of the batch (see encode_event)."""
+    raw = batch_id.encode()
+    return b"\x0a" + _varint(len(raw)) + raw if raw else b""
+
+
+def encode_event(head: bytes, cursor: bytes, fields: dict[bytes, bytes]) -> bytes:
+    """The serialized `BatchEvent` of a stored event, built from its fields without parsing
+    its payload: `head` is `event_head(batch_id)`, `cursor` the entry id. The same message as
+    `decode_event(...)`; the same bytes as its serialization whenever re-serialising the
+    payload gives the payload back (always, with deterministic serialization on both sides:
+    only map entries may come out in another order). An unknown kind is an event with no
+    oneof set, as decode_event makes it. Raises KeyError/ValueError for a malformed entry."""
+    parts = [head, b"\x12", _varint(len(cursor)), cursor]
+    kind = fields[b"k"]
+    tag = _EMBEDDED.get(kind)
+    if tag is not None:
+        d = fields[b"d"]
+        parts += (tag, _varint(len(d)), d)
+    elif kind == b"summary":
+        body = b"".join(t + _varint(v) for t, v in ((t, int(fields[name])) for name, t in _SUMMARY_FIELDS) if v)
+        parts += (_SUMMARY_TAG, _varint(len(body)), body)
+    return b"".join(parts)
 
 
 def now_ms() -> int:

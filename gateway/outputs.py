@@ -7,7 +7,8 @@ knows where image bytes go.
                                a result is judged the moment it arrives)
                   ─ count ───▶ bytes counted per tenant; the batch's objects expire with it
     batch events ── present ─▶ S3: each stored file gets a presigned GET signed now (the event
-                               log holds only the reference, so a replay is always fresh)
+                               log holds only the reference, so a replay is always fresh); the
+                               only events parsed on their way to a client
     DownloadFile ── download ▶ a stored object of the caller's own tenant, in chunks
     UploadInput ─── upload_input ▶ a large input stored before the task that names it
     submit ──────── over_quota ▶ the tenant's stored bytes against its quota
@@ -36,6 +37,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
@@ -52,6 +54,9 @@ from .grants import Grant, Grants
 from .retention import Retention
 from .service import NotFound, Overloaded
 from .validation import BadRequest
+
+if TYPE_CHECKING:
+    from .follower import Entry
 
 log = logging.getLogger("imagemesh.gateway.outputs")
 
@@ -238,23 +243,28 @@ class Outputs:
                         type(exc).__name__)
 
     # -- reading -------------------------------------------------------------------------------
-    def present(self, event: pb.BatchEvent) -> pb.BatchEvent:
-        """On S3, give each stored file of a result a presigned GET URL signed now."""
-        if not self.signs_urls or not event.HasField("result"):
-            return event
+    def present(self, kind: bytes, wire: bytes) -> bytes:
+        """A stored event (`gateway.follower.Entry`: its kind and serialized `BatchEvent`) as
+        sent to a client. On S3, a result's stored files get presigned GET URLs signed now: only
+        results are parsed, and only when this store signs URLs; every other event passes as
+        it is."""
+        if kind != b"result" or not self.signs_urls:
+            return wire
+        event = pb.BatchEvent.FromString(wire)
         stored = [f for f in event.result.files if f.object]
         if not stored:
-            return event
+            return wire
         urls = self.store.sign_get([f.object for f in stored], self.s.url_ttl)  # type: ignore[union-attr]
         expires = int((time.time() + self.s.url_ttl) * 1000)
         for f, url in zip(stored, urls or []):
             f.url = url
             f.url_expires_at_ms = expires
-        return event
+        return event.SerializeToString()
 
-    async def presented(self, events: AsyncIterable[pb.BatchEvent]) -> AsyncIterator[pb.BatchEvent]:
-        async for event in events:
-            yield self.present(event)
+    async def presented(self, entries: AsyncIterable[Entry]) -> AsyncIterator[bytes]:
+        async with contextlib.aclosing(entries) as events:  # type: ignore[type-var]
+            async for entry in events:
+                yield self.present(entry.kind, entry.wire)
 
     # -- files for callers ---------------------------------------------------------------------
     async def download(self, caller: Caller, batch_id: str, obj: str) -> StoredObject:

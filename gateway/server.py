@@ -50,6 +50,7 @@ from .batches import BatchStore
 from .budget import DailyBudget
 from .dedup import Dedup
 from .dispatch import Dispatcher, DispatchSettings
+from .follower import EventFollower
 from .files_api import WorkerObjectsServicer
 from .interceptors import Authenticator
 from .outputs import build_outputs
@@ -60,6 +61,7 @@ from .routing import Routing, RoutingSettings
 from .service import BatchService
 from .settings import GatewaySettings
 from .tenants import TenantKeys
+from .streams import OpenStreams
 from .validation import Limits
 from .worker_link import WorkerLinkServicer
 
@@ -137,9 +139,12 @@ class Gateway:
             cancel_channel=self.cancel_channel, dedup=self.dedup,
             budget=DailyBudget(self.redis, parse_mapping(settings.key_daily_budgets, value_type=int), prefix=p),
             outputs=self.outputs)
+        # One reader of every batch's event log that this gateway's clients follow.
+        self.follower = EventFollower(settings.redis_url, self.batches)
         self.service = BatchService(
             redis=self.redis, batches=self.batches, queues=self.queues, routing=self.routing,
             sealer=self.sealer, dispatcher=self.dispatcher, dedup=self.dedup, outputs=self.outputs,
+            follower=self.follower,
             writer_wait=settings.accept_timeout + 5.0,
             tenant_keys=TenantKeys(self.redis, cap=settings.max_keys_per_tenant, prefix=p),
             limits=Limits(max_batch_tasks=settings.max_batch_tasks,
@@ -179,7 +184,8 @@ class Gateway:
             ("grpc.max_connection_age_grace_ms", int(self.s.max_job_runtime * 1000) + 60_000),
         ])
         services = pb.DESCRIPTOR.services_by_name
-        wire.add_servicer(self.server, ImageMeshServicer(self.service), services["ImageMesh"], pb)
+        self.streams = OpenStreams(per_tenant=self.s.max_streams_per_tenant, total=self.s.max_streams)
+        wire.add_servicer(self.server, ImageMeshServicer(self.service, self.streams), services["ImageMesh"], pb)
         wire.add_servicer(self.server, MeshAdminServicer(self.dispatcher, self.routing, self.leases,
                                                          self.registry), services["MeshAdmin"], pb)
         wire.add_servicer(self.server, WorkerLinkServicer(self.dispatcher, gateway_id=self.id,
@@ -201,6 +207,7 @@ class Gateway:
         await self.leases.start()
         await self.dispatcher.start()
         self.outputs.start()
+        self.follower.start()
         self._listener = asyncio.create_task(self._listen())
         self._publisher = asyncio.create_task(self._publish_workers())
         await self.probes.start()  # NOT_SERVING until Redis has answered
@@ -266,6 +273,7 @@ class Gateway:
         await self.probes.stop()
         if self.server is not None:
             await self.server.stop(grace)
+        await self.follower.stop()
         await self.dispatcher.stop()
         await self.outputs.stop()
         for task in (self._listener, self._publisher):

@@ -10,11 +10,12 @@ memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -31,11 +32,13 @@ from .dispatch import Dispatcher
 from .entries import QueueEntry
 from .fairness import klass
 from .tenants import KeysOverCap, TenantKeys
+from .follower import UnknownBatch, serialized
 from .queues import QueueName, TaskQueues
 from .routing import Routing
 from .validation import BadRequest, Limits, check_batch, check_credentials, check_task
 
 if TYPE_CHECKING:
+    from .follower import EventFollower
     from .outputs import Outputs
 
 log = logging.getLogger("imagemesh.gateway.service")
@@ -89,8 +92,8 @@ class Prepared:
 class BatchService:
     def __init__(self, *, redis: aioredis.Redis, batches: BatchStore, queues: TaskQueues,
                  routing: Routing, sealer: Sealer, dispatcher: Dispatcher, limits: Limits,
-                 dedup: Dedup, writer_wait: float = 35.0, outputs: Outputs | None = None,
-                 tenant_keys: TenantKeys | None = None) -> None:
+                 dedup: Dedup, follower: EventFollower, writer_wait: float = 35.0,
+                 outputs: Outputs | None = None, tenant_keys: TenantKeys | None = None) -> None:
         self.r = redis
         self.batches = batches
         self.queues = queues
@@ -102,6 +105,7 @@ class BatchService:
         self.writer_wait = writer_wait
         self.outputs = outputs
         self.tenant_keys = tenant_keys
+        self.follower = follower
 
     # -- preparing tasks -----------------------------------------------------------------------
     def _prepare(self, caller: Caller, index: int, task: pb.Task, tokens: dict[str, str], klass: str) -> Prepared:
@@ -318,16 +322,28 @@ class BatchService:
             raise NotFound(f"batch {batch_id!r} not found (unknown, expired, or not yours)")
         return meta
 
-    async def watch(self, caller: Caller, batch_id: str, after: str = "") -> AsyncIterator[pb.BatchEvent]:
+    async def watch(self, caller: Caller, batch_id: str, after: str = "") -> AsyncIterator[bytes]:
         """Raises NotFound, BadCursor (malformed, or beyond the batch's last event)."""
-        await self._owned(caller, batch_id)
-        async for event in self.events(batch_id, after):
-            yield event
+        def visible(tenant: str | None) -> bool:  # as _owned: another tenant's batch is missing
+            return tenant is not None and (tenant == caller.tenant or caller.is_admin)
 
-    def events(self, batch_id: str, after: str = "") -> AsyncIterator[pb.BatchEvent]:
-        """The batch's events; stored files get download URLs signed now (S3)."""
-        events = self.batches.events(batch_id, after)
-        return self.outputs.presented(events) if self.outputs else events
+        try:
+            async with contextlib.aclosing(self.events(batch_id, after, visible=visible)) as events:
+                async for event in events:
+                    yield event
+        except UnknownBatch:
+            raise NotFound(f"batch {batch_id!r} not found (unknown, expired, or not yours)") from None
+
+    def events(self, batch_id: str, after: str = "", *,
+               visible: Callable[[str | None], bool] | None = None) -> AsyncIterator[bytes]:
+        """The batch's events as the serialized `BatchEvent`s a client receives, relayed from
+        the gateway's one reader of event logs (`gateway.follower`, which also checks
+        `visible`); stored files get download URLs signed now (S3). Raises UnknownBatch,
+        BadCursor, RedisError."""
+        entries = self.follower.events(batch_id, after, visible=visible)
+        if self.outputs is not None and self.outputs.signs_urls:
+            return self.outputs.presented(entries)
+        return serialized(entries)
 
     async def status(self, caller: Caller, batch_id: str) -> pb.BatchStatus:
         await self._owned(caller, batch_id)

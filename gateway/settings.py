@@ -72,6 +72,10 @@ class GatewaySettings(CommonSettings):
                                          check=at_least(1))
     max_queued_bytes_per_tenant: int = setting(512 * 1024 * 1024, "Input bytes one tenant may have queued",
                                                check=at_least(1))
+    max_streams_per_tenant: int = setting(256, "Client streams (SubmitBatch, Stream, WatchBatch) one tenant may hold open on "
+                                               "this gateway; past it RESOURCE_EXHAUSTED", check=at_least(1))
+    max_streams: int = setting(4096, "Client streams this gateway holds open, all tenants together; past it "
+                                     "RESOURCE_EXHAUSTED", check=at_least(1))
     retention: float = setting(86400.0, "Seconds results and batch events are kept", check=positive)
     drain_seconds: float = setting(30.0, "Grace for in-flight work on SIGTERM", check=at_least(0))
     heartbeat_interval: float = setting(2.0, "Seconds between worker heartbeats", check=positive)

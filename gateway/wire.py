@@ -3,8 +3,12 @@
 grpcio answers a request its deserializer can't parse (bad wire bytes, invalid UTF-8 in a string
 field) with INTERNAL "Exception deserializing request", which tells a caller nothing and looks
 like our bug. Here each method's deserializer returns a `Malformed` marker instead, and a thin
-wrapper aborts such calls with INVALID_ARGUMENT naming the message type. Everything else is the
-generated registration, unchanged.
+wrapper aborts such calls with INVALID_ARGUMENT naming the message type.
+
+Streaming responses may also be yielded already serialized (`bytes`): the batch events a
+gateway relays are built from the stored bytes (`gateway.follower`), never parsed to be
+serialised again. Their serializer passes bytes through and serialises messages. Everything
+else is the generated registration, unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def _tolerant(message_cls):
         except (DecodeError, ValueError, UnicodeDecodeError) as exc:
             return Malformed(message_cls.DESCRIPTOR.full_name, str(exc)[:200] or type(exc).__name__)
     return parse
+
+
+def _passing_bytes(serialize):
+    def serializer(response) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+    return serializer
 
 
 async def _checked(requests, context):
@@ -88,6 +98,7 @@ def add_servicer(server: grpc.aio.Server, servicer, service_descriptor, messages
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(rs, ss)]
+        serialize = response_cls.SerializeToString
         handlers[method.name] = factory(wrapped, request_deserializer=_tolerant(request_cls),
-                                        response_serializer=response_cls.SerializeToString)
+                                        response_serializer=_passing_bytes(serialize) if ss else serialize)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_descriptor.full_name, handlers),))

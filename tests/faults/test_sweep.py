@@ -43,8 +43,11 @@ TIMED = {"RENEW", "XCLAIM im:q:{...}", "XAUTOCLAIM im:q:{...}", "XINFO GROUPS im
          "XREADGROUP im:q:{...}", "XRANGE im:q:{...}", "HANDOVER", "RELEASE"}
 # Commands the sweep leaves alone: the connection handshake, and what an idle gateway does
 # anyway (it is not on a batch's path; the lease and chaos tests cover an idle Redis fault).
+# The event follower's connection handshake and wake-ups (CLIENT SETNAME, ID, UNBLOCK) are not a
+# batch's steps either: tests/follower restarts Redis under it.
 IGNORED_PREFIXES = ("SCRIPT LOAD", "CLIENT SETINFO", "PING", "HELLO", "SUBSCRIBE", "SMEMBERS im:queues",
-                    "DEL im:gw:", "HSET im:gw:", "EXPIRE im:gw:", "ZADD im:gateways", "ZREMRANGEBYSCORE im:gateways")
+                    "DEL im:gw:", "HSET im:gw:", "EXPIRE im:gw:", "ZADD im:gateways", "ZREMRANGEBYSCORE im:gateways",
+                    "CLIENT SETNAME", "CLIENT ID", "CLIENT UNBLOCK")
 
 # Every command a gateway issues on the scenario's batch (a clean run, gateway A's connection).
 PATH = [
@@ -60,6 +63,9 @@ PATH = [
     "HGET im:{...}:tenant", "RETENTION_RECORD",
     # A finished job's lease handed to the gateway's next entry of the key.
     "HANDOVER",
+    # The event follower (gateway.follower): a stream's first read of the log's head and the
+    # batch's tenant, then its replay (the XREAD of the live fan-out is timed, above).
+    "XREVRANGE im:{...}:ev", "HGET im:{...}:meta", "XRANGE im:{...}:ev",
 ]
 
 
