@@ -29,6 +29,7 @@ from PIL import Image
 from bench import rig as R
 from bench.measure import cpu_seconds, fmt, spread
 from bench.traffic import local_tasks, replicate_tasks, run_batches, tally
+from gateway.batches import batch_ref
 from imagemesh.client import Client, enhance
 from imagemesh.v1 import imagemesh_pb2 as pb
 
@@ -97,7 +98,7 @@ async def redis_per_result(rig: R.Rig, n: int) -> dict:
                 if t["states"].get("SUCCEEDED", 0) != n:
                     raise RuntimeError(f"1 MB outputs: {t}")
                 after = (await r.info("memory"))["used_memory"]
-                log_bytes = sum([await r.memory_usage(f"im:{{{o.batch_id}}}:ev") or 0 for o in outcomes])
+                log_bytes = sum([await r.memory_usage(f"im:{{{batch_ref('team-a', o.batch_id)}}}:ev") or 0 for o in outcomes])
             finally:
                 await r.aclose()
     return {"results": n, "output_bytes": 1024 * 1024, "wall_s": wall,

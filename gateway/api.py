@@ -25,7 +25,7 @@ from imagemesh.logs import log_context
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 
-from .batches import BadCursor
+from .batches import BadCursor, public_id
 from .files_api import FileTransfer
 from .interceptors import current_caller
 from .service import BatchService, Forbidden, NotFound, Overloaded
@@ -183,7 +183,7 @@ class ImageMeshServicer(FileTransfer, pb_grpc.ImageMeshServicer):
         if open_msg.keep_running_on_disconnect:
             await self.service.close_session(batch_id)
         else:
-            await self.service.cancel(caller, batch_id)
+            await self.service.cancel(caller, public_id(batch_id))
 
     async def WatchBatch(self, request, context):
         caller = current_caller()

@@ -45,6 +45,7 @@ States are named in Lua through gateway.states (generated from the proto enum).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Iterable
@@ -346,6 +347,29 @@ SCRIPTS = {"CREATE": _CREATE, "RECORDS": _RECORDS, "COMMIT": _COMMIT, "ACCEPT_TA
 
 def task_id(batch_id: str, index: int) -> str:
     return f"{batch_id}-{index}"
+
+
+# Batch ids are the tenant's own: each tenant has a namespace, so a batch id another tenant
+# chose is simply a new batch here (a caller can't learn that an id exists elsewhere). Inside
+# the mesh a batch is named by its *ref*, `<tenant tag>.<batch id>`: Redis keys, queue entries,
+# task and attempt ids, storage keys. Callers see their own batch id in events and statuses.
+_TAG_CHARS = 10
+REF = re.compile(r"\A[0-9a-f]{%d}\.(.+)\Z" % _TAG_CHARS, re.S)
+
+
+def tenant_tag(tenant: str) -> str:
+    return hashlib.sha256(tenant.encode()).hexdigest()[:_TAG_CHARS]
+
+
+def batch_ref(tenant: str, batch_id: str) -> str:
+    """The mesh's name for `tenant`'s batch `batch_id`."""
+    return f"{tenant_tag(tenant)}.{batch_id}"
+
+
+def public_id(ref: str) -> str:
+    """The batch id its tenant knows, from a ref (a string that is not a ref is returned as is)."""
+    m = REF.match(ref)
+    return m.group(1) if m else ref
 
 
 def parse_task_id(tid: str) -> tuple[str, int]:

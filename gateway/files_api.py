@@ -63,7 +63,7 @@ class FileTransfer:
         outputs: Outputs = self.service.outputs
         try:
             async with api.translated(context):
-                obj = await outputs.download(caller, request.batch_id, request.object)
+                obj = await outputs.download(caller, self.service.ref(caller, request.batch_id), request.object)
             first = True
             async for chunk in obj.chunks:
                 if first:

@@ -76,7 +76,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .batches import BatchStore, check_cursor_format, cursor_key, encode_event, event_head, judge_cursor
+from .batches import (BatchStore, check_cursor_format, cursor_key, encode_event, event_head, judge_cursor,
+                      public_id)
 
 log = logging.getLogger("imagemesh.gateway.follower")
 
@@ -200,7 +201,7 @@ class _Batch:
         self.batch_id = batch_id
         self.key = key
         self.meta_key = meta_key
-        self.head = event_head(batch_id)
+        self.head = event_head(public_id(batch_id))  # clients see their own batch id
         self.cursor = cursor
         self.subscribers: set[_Subscriber] = set()
         self.active = True  # an entry came since the last expiry check (a new batch counts)
@@ -283,7 +284,7 @@ class EventFollower:
         if judge_cursor(after, head.last):
             return
         sub = _Subscriber(batch_id, after)
-        key, head_field = self.batches.events_key(batch_id), event_head(batch_id)
+        key, head_field = self.batches.events_key(batch_id), event_head(public_id(batch_id))
         try:
             while True:
                 if head is None and batch_id not in self._batches:

@@ -49,7 +49,7 @@ from imagemesh.storage import keys
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
 
-from .batches import BatchStore
+from .batches import BatchStore, public_id
 from .grants import Grant, Grants
 from .retention import Retention
 from .service import NotFound, Overloaded
@@ -119,7 +119,9 @@ class Outputs:
     # -- assignments ---------------------------------------------------------------------------
     async def prepare(self, msg: wpb.Assignment, tenant: str, batch_id: str, index: int, attempt: int,
                       task: pb.Task) -> None:
-        """Fill the assignment's targets, sources, grant and inline limit.
+        """Fill the assignment's targets, sources, grant and inline limit. `batch_id` is the
+        batch's ref (gateway.batches.batch_ref); objects are named by the tenant's own batch id,
+        under the tenant's segment, as the tenant knows it.
 
         Raises InvalidInput for an `image_object` that is not one of the tenant's uploads (the
         task fails alone), RedisError while indexing the batch for retention."""
@@ -133,10 +135,10 @@ class Outputs:
             return
         if wants_inline and not then_enhance_first:  # a stage's outputs are its next stage's inputs
             msg.inline_max_bytes = self.s.inline_max_bytes
-        prefix = keys.attempt_prefix(tenant, batch_id, index, attempt)
+        prefix = keys.attempt_prefix(tenant, public_id(batch_id), index, attempt)
         objects = [keys.object_key(prefix, name) for name in self._planned_names(msg)]
         reads = self._reads(msg, tenant)
-        await self._index(keys.batch_prefix(tenant, batch_id))
+        await self._index(keys.batch_prefix(tenant, public_id(batch_id)))
         put_urls = self.store.sign_put(objects, self.s.grant_ttl)
         get_urls = self.store.sign_get([r for r in reads if r], self.s.grant_ttl)
         for i, obj in enumerate(objects):
@@ -214,14 +216,14 @@ class Outputs:
         stored = [f for f in r.files if f.object]
         if not stored:
             return {}
-        prefix = keys.attempt_prefix(tenant, batch_id, index, attempt) + "/"
+        prefix = keys.attempt_prefix(tenant, public_id(batch_id), index, attempt) + "/"
         if any(not f.object.startswith(prefix) for f in stored):
             del r.files[:]
             r.state = pb.FAILED
             r.error.CopyFrom(pb.TaskError(code="INTERNAL", message="the worker reported an output "
                                           "outside its attempt's storage prefix"))
             return {}
-        group = keys.batch_prefix(tenant, batch_id)
+        group = keys.batch_prefix(tenant, public_id(batch_id))
         size = 0
         for f in stored:
             f.ClearField("url")  # the log keeps the reference; URLs are signed when read
@@ -270,7 +272,7 @@ class Outputs:
     async def download(self, caller: Caller, batch_id: str, obj: str) -> StoredObject:
         """A stored object of the caller's tenant, named by one of its batches. Raises NotFound
         (another tenant's batch or object, expired, never stored: all look the same)."""
-        missing = NotFound(f"file {obj!r} of batch {batch_id!r} not found (unknown, expired, or not yours)")
+        missing = NotFound(f"file {obj!r} of batch {public_id(batch_id)!r} not found (unknown, expired, or not yours)")
         meta = await self.batches.meta(batch_id)
         if meta is None or (meta.tenant != caller.tenant and not caller.is_admin) or self.store is None:
             raise missing

@@ -26,7 +26,7 @@ from imagemesh.credentials import Sealer
 from imagemesh.errors import TaskFailure
 from imagemesh.v1 import imagemesh_pb2 as pb
 
-from .batches import BatchStore, NewTask, task_id
+from .batches import REF, BatchStore, NewTask, batch_ref, task_id
 from .dedup import Dedup, Follower, dedup_hash
 from .dispatch import Dispatcher
 from .entries import QueueEntry
@@ -148,14 +148,24 @@ class BatchService:
         return batch_id, p.index, "*", result, False
 
     # -- submitting ----------------------------------------------------------------------------
+    def ref(self, caller: Caller, batch_id: str) -> str:
+        """The mesh's name of the caller's batch `batch_id` (gateway.batches.batch_ref). An admin
+        may also name any tenant's batch by its ref (task ids start with it)."""
+        if caller.is_admin and REF.match(batch_id):
+            return batch_id
+        return batch_ref(caller.tenant, batch_id)
+
     async def submit(self, caller: Caller, req: pb.SubmitBatchRequest) -> str:
-        """Accept a batch once; returns its id. A batch id already accepted for this caller is
-        answered with that batch (nothing re-runs, whatever the number of concurrent or repeated
-        calls). Raises BadRequest, Forbidden, Overloaded, RedisError."""
+        """Accept a batch once; returns its ref (events and statuses show the caller's id). A
+        batch id already accepted for this caller is answered with that batch (nothing re-runs,
+        whatever the number of concurrent or repeated calls); another tenant's batch of the same
+        id is no concern of this one (ids are per tenant). Raises BadRequest, Overloaded,
+        RedisError."""
         check_batch(len(req.tasks), req.batch_id, self.limits)
         tokens = dict(req.credentials)
         check_credentials(tokens, self.routing.s.providers)
-        batch_id = req.batch_id or new_batch_id()
+        public = req.batch_id or new_batch_id()
+        batch_id = batch_ref(caller.tenant, public)
         if req.batch_id:
             meta = await self.batches.meta(batch_id)
             if meta is not None and meta.tenant == caller.tenant and meta.accepted:
@@ -188,7 +198,7 @@ class BatchService:
             if time.monotonic() > deadline:
                 raise Overloaded(f"batch {batch_id!r} is still being accepted by another call", retry_after=1.0)
             await asyncio.sleep(min(0.2, max(0.01, r.wait_ms / 1000)))
-        await self._write(caller, batch_id, prepared, tokens, writer)
+        await self._write(caller, batch_id, public, prepared, tokens, writer)
         return batch_id
 
     async def _admit_keys(self, caller: Caller, prepared: list[Prepared]) -> None:
@@ -217,8 +227,8 @@ class BatchService:
             raise Overloaded(f"too many input bytes queued for this caller: {queued_bytes} + {size}, "
                              f"the limit is {self.limits.max_queued_bytes_per_tenant}", retry_after=5.0)
 
-    async def _write(self, caller: Caller, batch_id: str, prepared: list[Prepared], tokens: dict[str, str],
-                     writer: str) -> None:
+    async def _write(self, caller: Caller, batch_id: str, public: str, prepared: list[Prepared],
+                     tokens: dict[str, str], writer: str) -> None:
         """RECORDS ─▶ entries pushed ─▶ COMMIT (see gateway.batches): each step may be repeated
         by a writer that takes over after a crash; a task is recorded and queued once."""
         meta = await self.batches.meta(batch_id)
@@ -239,7 +249,7 @@ class BatchService:
         await self.queues.push(pushes)
         # Recorded before COMMIT, these are stashed and logged right after `accepted`.
         await self.batches.finish_many([self._failed_result(batch_id, p) for p in prepared if p.failure] + copies)
-        accepted = pb.Accepted(batch_id=batch_id, task_ids=[task_id(batch_id, p.index) for p in prepared])
+        accepted = pb.Accepted(batch_id=public, task_ids=[task_id(batch_id, p.index) for p in prepared])
         committed = await self.batches.commit(batch_id, writer, accepted)
         for p in good:
             self.dispatcher.note_queue(p.queue)  # type: ignore[arg-type]
@@ -268,17 +278,19 @@ class BatchService:
 
     # -- stream sessions -----------------------------------------------------------------------
     async def open_session(self, caller: Caller, req: pb.StreamOpen) -> str:
+        """Open a session's batch; returns its ref (the session's other calls take it)."""
         if req.batch_id:
             check_batch(1, req.batch_id, self.limits)
         check_credentials(dict(req.credentials), self.routing.s.providers)
-        batch_id = req.batch_id or new_batch_id()
+        public = req.batch_id or new_batch_id()
+        batch_id = batch_ref(caller.tenant, public)
         writer = secrets.token_hex(8)
         r = await self.batches.reserve(batch_id, caller.tenant, 0, writer=writer, session=True)
         if r.outcome == "foreign":
             raise Forbidden(f"batch_id {batch_id!r} belongs to another caller")
         if r.outcome != "write":
-            raise BadRequest(f"batch_id {batch_id!r}: a batch with this id exists; watch it with WatchBatch")
-        await self.batches.commit(batch_id, writer, pb.Accepted(batch_id=batch_id))
+            raise BadRequest(f"batch_id {public!r}: a batch with this id exists; watch it with WatchBatch")
+        await self.batches.commit(batch_id, writer, pb.Accepted(batch_id=public))
         return batch_id
 
     async def add_to_session(self, caller: Caller, batch_id: str, index: int, task: pb.Task,
@@ -316,7 +328,7 @@ class BatchService:
 
     # -- reading -------------------------------------------------------------------------------
     async def _owned(self, caller: Caller, batch_id: str):
-        meta = await self.batches.meta(batch_id)
+        meta = await self.batches.meta(self.ref(caller, batch_id))
         if meta is None or (meta.tenant != caller.tenant and not caller.is_admin):
             # Another tenant's batch is reported as missing: ids are not an oracle.
             raise NotFound(f"batch {batch_id!r} not found (unknown, expired, or not yours)")
@@ -328,7 +340,7 @@ class BatchService:
             return tenant is not None and (tenant == caller.tenant or caller.is_admin)
 
         try:
-            async with contextlib.aclosing(self.events(batch_id, after, visible=visible)) as events:
+            async with contextlib.aclosing(self.events(self.ref(caller, batch_id), after, visible=visible)) as events:
                 async for event in events:
                     yield event
         except UnknownBatch:
@@ -347,18 +359,20 @@ class BatchService:
 
     async def status(self, caller: Caller, batch_id: str) -> pb.BatchStatus:
         await self._owned(caller, batch_id)
-        status = await self.batches.status(batch_id)
+        status = await self.batches.status(self.ref(caller, batch_id))
         if status is None:
             raise NotFound(f"batch {batch_id!r} not found")
+        status.batch_id = batch_id
         return status
 
     async def cancel(self, caller: Caller, batch_id: str) -> pb.BatchStatus:
         """Queued tasks become CANCELLED at once; running ones are cancelled at their workers
         (every gateway hears it) and their late results are discarded."""
         await self._owned(caller, batch_id)
-        cancelled = await self.batches.cancel(batch_id)
+        ref = self.ref(caller, batch_id)
+        cancelled = await self.batches.cancel(ref)
         for pool, n in cancelled.items():
             if n:
                 metrics.TASKS_FINISHED.labels(pool, "cancelled").inc(n)
-        await self.dispatcher.announce_cancel(batch_id)
+        await self.dispatcher.announce_cancel(ref)
         return await self.status(caller, batch_id)

@@ -202,7 +202,7 @@ async def cmd_keys(client: Client, args) -> int:
         return Exit.OK
     rows = []
     for k in reply.keys:
-        leases = ", ".join(f"{l.holder}{' (zombie)' if l.zombie else ''} {l.ttl_ms / 1000:.1f}s" for l in k.leases)
+        leases = ", ".join(f"{lease.holder}{' (zombie)' if lease.zombie else ''} {lease.ttl_ms / 1000:.1f}s" for lease in k.leases)
         rows.append((k.id, k.alias, k.limit or "∞", k.in_use, k.waiting,
                      leases + (" [quarantined]" if k.quarantined else "")))
     terminal.table(("key", "alias", "limit", "in use", "waiting", "leases"), rows, whole=("key",))

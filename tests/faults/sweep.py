@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import grpc
 import redis.asyncio as aioredis
 
+from gateway.batches import batch_ref
 from imagemesh.leases import LeaseBook
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
@@ -111,9 +112,9 @@ async def check(run: Run, r: aioredis.Redis, fake, *, crashed: Proc | None, surv
     assert {x.state for x in results} == {pb.SUCCEEDED}, [(x.task_index, x.error.code, x.error.message)
                                                           for x in results if x.state != pb.SUCCEEDED]
     await asyncio.sleep(0.5)  # anything late would land now
-    log = await r.xrange(f"im:{{{run.batch_id}}}:ev", min="(" + events[-1].cursor)
+    log = await r.xrange(f"im:{{{batch_ref('team-a', run.batch_id)}}}:ev", min="(" + events[-1].cursor)
     assert log == [], f"nothing after the summary: {log}"
-    states = await r.hmget(f"im:{{{run.batch_id}}}:tasks", [f"{i}:st" for i in range(TASKS)])
+    states = await r.hmget(f"im:{{{batch_ref('team-a', run.batch_id)}}}:tasks", [f"{i}:st" for i in range(TASKS)])
     assert all(int(s) in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED) for s in states), f"non-final: {states}"
     await _queues_drain(r)
     await _no_live_lease(r, crashed)

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis as sync_redis
 
+from gateway.batches import batch_ref
 from imagemesh.client import Client, generate
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
@@ -197,7 +198,7 @@ async def test_a_task_whose_worker_keeps_dying_fails_after_max_attempts(mesh_fac
         for attempt in (1, 2):
             w = m.start_worker()
             deadline = time.monotonic() + 20
-            while not r.hexists("im:{doomed}:tasks", f"0:run:{attempt}"):  # START of this attempt
+            while not r.hexists(f"im:{{{batch_ref('team-a', 'doomed')}}}:tasks", f"0:run:{attempt}"):  # START of this attempt
                 assert time.monotonic() < deadline, f"attempt {attempt} never started"
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.5)

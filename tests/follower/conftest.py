@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from gateway.batches import BatchStore, NewTask, task_id
+from gateway.batches import BatchStore, NewTask, batch_ref, task_id
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 from tests.mesh.conftest import mesh_factory  # noqa: F401  (the same process fixtures)
@@ -15,6 +15,11 @@ from tests.processes import CLIENT_KEY
 from tests.storage.conftest import seaweed  # noqa: F401  (the session's S3 server)
 
 TENANT = "team-a"  # CLIENT_KEY's tenant (tests.processes)
+
+
+def ref(batch_id: str, tenant: str = TENANT) -> str:
+    """The mesh's name of `tenant`'s batch `batch_id` (batches the gateway serves are named so)."""
+    return batch_ref(tenant, batch_id)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.follower import READER_NAME, READS_NAME, FollowerSettings
 from imagemesh.v1 import imagemesh_pb2 as pb
-from tests.follower.conftest import METADATA, api, finish, log_ids, new_batch
+from tests.follower.conftest import METADATA, api, finish, log_ids, new_batch, ref
 from tests.processes import OTHER_CLIENT_KEY
 
 
@@ -27,8 +27,8 @@ async def test_300_watch_streams_share_a_few_redis_connections_and_each_gets_eve
     m = mesh_factory(IMAGEMESH_MAX_STREAMS_PER_TENANT="400")
     ids = [f"bw{i:02d}" for i in range(batches)]
     for b in ids:
-        await new_batch(store, b, tasks)
-        await finish(store, b, *range(5))
+        await new_batch(store, ref(b), tasks)
+        await finish(store, ref(b), *range(5))
     before = await redis_clients(redis)
     m.start_gateway()
     idle_gateway = await redis_clients(redis) - before
@@ -52,7 +52,7 @@ async def test_300_watch_streams_share_a_few_redis_connections_and_each_gets_eve
         peak = following
         for i in range(5, tasks):  # live: one result of every batch at a time
             for b in ids:
-                await finish(store, b, i)
+                await finish(store, ref(b), i)
             peak = max(peak, await redis_clients(redis) - before)
         await asyncio.wait_for(asyncio.gather(*watchers), 60)
     finally:
@@ -65,7 +65,7 @@ async def test_300_watch_streams_share_a_few_redis_connections_and_each_gets_eve
     assert following - idle_gateway <= 6 and peak - idle_gateway <= 6, (idle_gateway, following, peak)
     assert names.count(READER_NAME) == 1 and names.count(READS_NAME) <= FollowerSettings().read_connections
     for b in ids:
-        log = await log_ids(redis, b)
+        log = await log_ids(redis, ref(b))
         assert len(log) == 1 + tasks + 1
         for n in range(per_batch):
             events = got[(b, n)]
@@ -80,8 +80,8 @@ async def test_open_streams_are_capped_per_tenant_and_per_gateway(mesh_factory, 
     nothing; another tenant still gets streams, up to the gateway's IMAGEMESH_MAX_STREAMS (3).
     A stream that ends frees its place."""
     m = mesh_factory(IMAGEMESH_MAX_STREAMS_PER_TENANT="2", IMAGEMESH_MAX_STREAMS="3")
-    await new_batch(store, "bcap", 2)
-    await new_batch(store, "bcap-b", 2, tenant="team-b")
+    await new_batch(store, ref("bcap"), 2)
+    await new_batch(store, ref("bcap-b", "team-b"), 2, tenant="team-b")
     m.start_gateway()
     channel, stub = api(m.address)
     other = (("authorization", f"Bearer {OTHER_CLIENT_KEY}"),)
@@ -140,8 +140,8 @@ async def test_streams_that_end_leave_nothing_followed_or_counted(gateway, store
     """Clients that go away mid-stream, a stream that reads to its summary, and a refused one:
     afterwards the follower reads no batch and holds no subscriber, and no stream is counted."""
     for b in ("bg0", "bg1", "bg2"):
-        await new_batch(store, b, 2)
-    await finish(store, "bg2", 0, 1)
+        await new_batch(store, ref(b), 2)
+    await finish(store, ref("bg2"), 0, 1)
     channel, stub = api(f"127.0.0.1:{gateway.port}")
     try:
         calls = [stub.WatchBatch(pb.WatchBatchRequest(batch_id=b), metadata=METADATA)

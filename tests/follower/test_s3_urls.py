@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+from gateway.batches import batch_ref
 from gen_worker.providers.local import render
 from imagemesh.client import Client, generate
 from imagemesh.v1 import imagemesh_pb2 as pb
@@ -29,7 +30,7 @@ async def test_results_followed_live_and_replayed_get_urls_signed_as_they_are_se
         watched = await asyncio.wait_for(live, 30)
         await asyncio.sleep(1.1)
         replayed = [e async for e in c.watch(batch_id)]
-        stored = [pb.TaskResult.FromString(fields[b"d"]) for _, fields in await redis.xrange(f"im:{{{batch_id}}}:ev")
+        stored = [pb.TaskResult.FromString(fields[b"d"]) for _, fields in await redis.xrange(f"im:{{{batch_ref('team-a', batch_id)}}}:ev")
                   if fields[b"k"] == b"result"]
         assert stored and all(f.object and not f.url for r in stored for f in r.files), "the log holds references"
         for events in (mine, watched, replayed):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.batches import decode_event, encode_event, event_head
 from imagemesh.v1 import imagemesh_pb2 as pb
-from tests.follower.conftest import METADATA, finish, new_batch
+from tests.follower.conftest import METADATA, finish, new_batch, ref
 
 int32 = st.integers(-2**31, 2**31 - 1)
 int64 = st.integers(-2**63, 2**63 - 1)
@@ -79,13 +79,14 @@ async def test_the_gateway_sends_the_stored_events_bytes_unchanged(mesh_factory,
     real batch (accepted, results of every state, cancelled ones, the summary), exactly the
     bytes of the event parsed from the log and serialised."""
     m = mesh_factory()
-    await new_batch(store, "braw", 4)
-    await finish(store, "braw", 0, data=b"\x89PNG" + bytes(300))
-    await store.finish_many([("braw", 1, "*", pb.TaskResult(task_index=1, task_id="braw-1", state=pb.FAILED,
-                                                             error=pb.TaskError(code="X", message="no")), False)])
-    await store.cancel("braw")
+    braw = ref("braw")  # the mesh's name of this tenant's batch "braw"
+    await new_batch(store, braw, 4)
+    await finish(store, braw, 0, data=b"\x89PNG" + bytes(300))
+    await store.finish_many([(braw, 1, "*", pb.TaskResult(task_index=1, task_id=f"{braw}-1", state=pb.FAILED,
+                                                           error=pb.TaskError(code="X", message="no")), False)])
+    await store.cancel(braw)
     m.start_gateway()
-    log = await redis.xrange("im:{braw}:ev")
+    log = await redis.xrange(f"im:{{{braw}}}:ev")
     expected = [decode_event("braw", raw_id.decode(), fields).SerializeToString() for raw_id, fields in log]
     async with grpc.aio.insecure_channel(m.address) as channel:
         call = channel.unary_stream("/imagemesh.v1.ImageMesh/WatchBatch",

@@ -85,3 +85,25 @@ async def test_list_workers_shows_every_replicas_workers(mesh_factory):
             await asyncio.sleep(0.1)
     assert sorted(w.worker_id for w in workers) == ["gen_worker-0", "gen_worker-1"]
     assert {w.capacity for w in workers} == {3} and len({w.gateway for w in workers}) == 2
+
+
+async def test_batch_ids_are_per_tenant_so_another_tenants_id_is_neither_refused_nor_revealed(mesh, client):
+    """Before: batch ids were global, so a second tenant submitting an id the first had used got
+    PERMISSION_DENIED ("belongs to another caller"): an oracle for other tenants' ids, and a
+    batch it could not submit. Now each tenant has its own namespace: both run, each sees only
+    its own batch under the same id, and resubmitting still returns the tenant's own batch."""
+    mine = [e async for e in client.submit([generate("mine", width=16, height=16)], batch_id="shared-id-1")]
+    async with Client(mesh.address, OTHER_CLIENT_KEY) as other:
+        theirs = [e async for e in other.submit([generate("theirs", width=16, height=16)] * 2, batch_id="shared-id-1")]
+        assert theirs[0].batch_id == "shared-id-1" and theirs[-1].summary.succeeded == 2
+        assert (await other.status("shared-id-1")).total == 2
+        assert [e.cursor for e in await collect(other.watch("shared-id-1"))] == [e.cursor for e in theirs]
+    assert mine[0].batch_id == "shared-id-1" and mine[-1].summary.succeeded == 1
+    assert (await client.status("shared-id-1")).total == 1
+    assert not set(mine[0].accepted.task_ids) & set(theirs[0].accepted.task_ids)
+    again = [e async for e in client.submit([generate("mine", width=16, height=16)], batch_id="shared-id-1")]
+    assert [e.cursor for e in again] == [e.cursor for e in mine], "resubmitting returns the tenant's own batch"
+
+
+async def collect(events) -> list:
+    return [e async for e in events]

@@ -38,8 +38,12 @@ async def test_json_logs_carry_batch_task_attempt_tenant_and_worker_ids(mesh_fac
     assert events[-1].summary.succeeded == 3
     assert gw.stop() == 0 and worker.stop() == 0
 
+    # Logs name a batch as the mesh does, by its ref (`<tenant tag>.<batch id>`, unique across
+    # tenants); the task ids the client got start with it.
+    ref = accepted.task_ids[0].rpartition("-")[0]
+    assert ref.endswith("." + accepted.batch_id)
     gateway_lines = json_lines(gw)
-    mine = [line for line in gateway_lines if line.get("batch_id") == accepted.batch_id]
+    mine = [line for line in gateway_lines if line.get("batch_id") == ref]
     assert mine and all(line["tenant"] == "team-a" for line in mine)
     assert any("accepted" in line["msg"] for line in mine)
 
@@ -48,7 +52,7 @@ async def test_json_logs_carry_batch_task_attempt_tenant_and_worker_ids(mesh_fac
         attempts = [line for line in worker_lines if line.get("task_id") == task_id]
         assert attempts, f"no worker log line for {task_id}"
         for line in attempts:
-            assert line["batch_id"] == accepted.batch_id and line["attempt"] == 1
+            assert line["batch_id"] == ref and line["attempt"] == 1
             assert line["worker_id"] == "gen_worker-0"
     for line in gateway_lines + worker_lines:
         assert {"ts", "level", "logger", "msg"} <= set(line)

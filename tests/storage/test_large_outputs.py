@@ -11,6 +11,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from PIL import Image
 
+from gateway.batches import batch_ref
 from imagemesh.client import Client, enhance, generate
 from imagemesh.v1 import imagemesh_pb2 as pb
 from tests.fakes.provider_server import FakeProviders, png
@@ -42,7 +43,7 @@ async def no_leases_left(admin: Client) -> None:
         if all(k.in_use == 0 and not k.leases for k in keys):
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"leases left: {[(k.id, k.in_use, [(l.holder, l.zombie) for l in k.leases]) for k in keys]}")
+    raise AssertionError(f"leases left: {[(k.id, k.in_use, [(lease.holder, lease.zombie) for lease in k.leases]) for k in keys]}")
 
 
 async def run_both(m, big_tasks, small_tasks):
@@ -119,7 +120,7 @@ async def test_redis_holds_metadata_only_for_megabyte_outputs(mesh_factory, tmp_
     assert {f.size_bytes for r in results for f in r.files} == {1024 * 1024}
     r = aioredis.Redis.from_url(redis_server.url)
     try:
-        log_bytes = await r.memory_usage(f"im:{{{batch_id}}}:ev")
+        log_bytes = await r.memory_usage(f"im:{{{batch_ref('team-a', batch_id)}}}:ev")
     finally:
         await r.aclose()
     assert log_bytes / 50 < 2048, f"{log_bytes / 50:.0f} bytes of event log per 1 MB result"
@@ -157,7 +158,7 @@ async def test_an_x4_enhance_of_a_large_uploaded_input_does_not_disturb_other_ta
     try:
         queued = [k async for k in r.scan_iter("im:q:*")]
         sizes = [await r.memory_usage(k) for k in queued]
-        log_bytes = await r.memory_usage(f"im:{{{batch_id}}}:ev")
+        log_bytes = await r.memory_usage(f"im:{{{batch_ref('team-a', batch_id)}}}:ev")
     finally:
         await r.aclose()
     assert log_bytes < 16 * 1024 and max(sizes, default=0) < 64 * 1024, "the input went by reference, not in the queue"
