@@ -31,6 +31,7 @@ from collections import deque
 
 import redis.asyncio as aioredis
 
+from gateway import redis_client
 from imagemesh.leases import LeaseBook
 
 
@@ -74,7 +75,7 @@ async def _commandstats(r: aioredis.Redis) -> tuple[int, int]:
 
 
 async def run_leases(url: str, tasks: int, limit: int, latency: float) -> dict:
-    r = aioredis.Redis.from_url(url, socket_timeout=5.0)
+    r = redis_client.client(url, socket_timeout=5.0)  # as the gateway connects
     book = LeaseBook(r, holder=f"bench-{secrets.token_hex(3)}", default_limit=limit)
     await book.start()
     key = f"bench:{secrets.token_hex(4)}"

@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import logging
 
-import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from imagemesh.config import SettingError, load
 from imagemesh.process import announce, check_bindable, run, stop_signal
 from imagemesh.redaction import safe_url
 
+from . import redis_client
 from .server import Gateway
 from .settings import GatewaySettings
 
@@ -44,7 +44,7 @@ async def wait_for_redis(s: GatewaySettings) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + s.redis_wait
     where = safe_url(s.redis_url)
-    client = aioredis.Redis.from_url(s.redis_url, socket_connect_timeout=2.0, socket_timeout=2.0)
+    client = redis_client.client(s.redis_url, socket_connect_timeout=2.0, socket_timeout=2.0)
     warned = False
     try:
         while True:

@@ -76,6 +76,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from . import redis_client
 from .batches import (BatchStore, check_cursor_format, cursor_key, encode_event, event_head, judge_cursor,
                       public_id)
 
@@ -215,10 +216,10 @@ class EventFollower:
         self.s = settings
         # The blocking read: one connection of its own (its id is what UNBLOCK names), no
         # retries inside redis-py (a silent reconnect would change the id behind our back).
-        self._conn = aioredis.Redis.from_url(
+        self._conn = redis_client.client(
             redis_url, single_connection_client=True, retry=Retry(NoBackoff(), 0), client_name=READER_NAME,
             socket_timeout=settings.block_ms / 1000 + 10.0, socket_connect_timeout=2.0, socket_keepalive=True)
-        self._reads = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+        self._reads = aioredis.Redis(connection_pool=redis_client.blocking_pool(
             redis_url, max_connections=settings.read_connections, timeout=20, socket_timeout=5.0,
             socket_connect_timeout=2.0, client_name=READS_NAME))
         self._batches: dict[str, _Batch] = {}

@@ -27,7 +27,6 @@ import socket
 from pathlib import Path
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -43,7 +42,7 @@ from imagemesh.tls import ServerTls, TlsConfigError, describe_server
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
 
-from . import wire
+from . import redis_client, wire
 from .admin import MeshAdminServicer
 from .api import ImageMeshServicer
 from .batches import BatchStore
@@ -111,10 +110,10 @@ class Gateway:
             self.tls = ServerTls.from_settings(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         except TlsConfigError as exc:
             raise FatalError(str(exc)) from None
-        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0,
-                                             socket_connect_timeout=2.0, health_check_interval=10)
+        self.redis = redis_client.client(settings.redis_url, socket_timeout=5.0,
+                                         socket_connect_timeout=2.0, health_check_interval=10)
         # Pub/sub waits indefinitely for messages: a connection without the read timeout.
-        self.pubsub_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0)
+        self.pubsub_redis = redis_client.client(settings.redis_url, socket_connect_timeout=2.0)
         p = settings.redis_prefix
         self.routing = Routing(routing_settings(settings), self.sealer)
         self.leases = LeaseBook(self.redis, holder=self.id, prefix=p,

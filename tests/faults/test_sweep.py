@@ -47,7 +47,7 @@ TIMED = {"RENEW", "XCLAIM im:q:{...}", "XAUTOCLAIM im:q:{...}", "XINFO GROUPS im
 # batch's steps either: tests/follower restarts Redis under it.
 IGNORED_PREFIXES = ("SCRIPT LOAD", "CLIENT SETINFO", "PING", "HELLO", "SUBSCRIBE", "SMEMBERS im:queues",
                     "DEL im:gw:", "HSET im:gw:", "EXPIRE im:gw:", "ZADD im:gateways", "ZREMRANGEBYSCORE im:gateways",
-                    "CLIENT SETNAME", "CLIENT ID", "CLIENT UNBLOCK")
+                    "CLIENT SETNAME", "CLIENT ID", "CLIENT UNBLOCK", "CLIENT MAINT_NOTIFICATIONS")
 
 # Every command a gateway issues on the scenario's batch (a clean run, gateway A's connection).
 PATH = [
