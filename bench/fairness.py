@@ -63,8 +63,8 @@ async def run(rig: R.Rig) -> dict:
                 a = asyncio.create_task(_backlog(m.address, a_tasks, accepted, batch_ids))
                 await asyncio.wait_for(accepted.wait(), 120)
                 await asyncio.sleep(1.0)  # A's backlog is running on every slot of the key
-                async with Client(m.address, R.ADMIN_KEY) as admin:
-                    status = [await admin.status(b) for b in batch_ids]
+                async with Client(m.address, R.CLIENT_KEY) as a_client:  # batch ids are per tenant
+                    status = [await a_client.status(b) for b in batch_ids]
                 queued.append(sum(s.queued for s in status))
                 behind.append(await _latency(m.address, OTHER_CLIENT_KEY, f"behind{rep}-"))
                 async with Client(m.address, R.CLIENT_KEY) as c:

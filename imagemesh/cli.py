@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from imagemesh import downloads
 from imagemesh.auth import ROLES
-from imagemesh.client import Client
+from imagemesh.client import Client, RequestTooLarge
 from imagemesh.keygen import new_key
 from imagemesh.reach import DEFAULT_BUDGET, WAIT_BUDGET, GatewayUnreachable, reach
 from imagemesh.tasksfile import TasksFileError, load, load_tasks  # noqa: F401  (load_tasks: for callers)
@@ -347,7 +347,7 @@ def run(argv: list[str] | None = None) -> int:
         if hasattr(args, "prepare"):
             args.prepare(args)
         return asyncio.run(amain(args))
-    except (TasksFileError, UsageError) as exc:
+    except (TasksFileError, UsageError, RequestTooLarge) as exc:
         terminal.fail(str(exc))
         return Exit.USAGE
     except grpc.aio.AioRpcError as exc:

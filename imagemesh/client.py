@@ -43,6 +43,12 @@ from imagemesh.v1 import imagemesh_pb2_grpc as pb_grpc
 UPLOAD_THRESHOLD = 256 * 1024
 UPLOAD_CHUNK = 1024 * 1024
 
+class RequestTooLarge(ValueError):
+    """A request that can't be sent: it is over the channel's message limit even after large
+    images were uploaded (the gateway stores nothing, so they stay inline). Sending it would
+    only end in RESOURCE_EXHAUSTED from gRPC itself, which no retry cures."""
+
+
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 
@@ -96,6 +102,7 @@ class Client:
         self.target = target
         self.reattach_attempts = reattach_attempts
         self.upload_threshold = upload_threshold
+        self.max_message_bytes = max_message_bytes
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         if tls is None:
             tls = ChannelTls.from_environment()
@@ -129,6 +136,7 @@ class Client:
 
     async def _submit(self, request: pb.SubmitBatchRequest) -> AsyncIterator[pb.BatchEvent]:
         await self._upload_large_images(request.tasks)
+        self._check_size(request, f"batch of {len(request.tasks)} tasks")
         # With OpenTelemetry configured, the batch's trace starts here and crosses the mesh.
         span = tracing.start("imagemesh.client.submit", kind="client", batch_id=request.batch_id,
                              tasks=len(request.tasks))
@@ -150,6 +158,15 @@ class Client:
                         return
                     raise
                 spec.image_object = stored.object
+
+    def _check_size(self, request, what: str) -> None:
+        """Raise RequestTooLarge, naming the size and the limit, before a doomed send."""
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            raise RequestTooLarge(
+                f"the {what} is {size} bytes, over the message limit of {self.max_message_bytes} bytes "
+                "(max_message_bytes): the gateway stores no uploads, so enhance images travel inside the "
+                "request; send fewer or smaller images per request, or run the gateway with storage")
 
     # -- files ---------------------------------------------------------------------------------
     async def upload_input(self, data: bytes, filename: str = "input", content_type: str = "") -> pb.StoredInput:
@@ -242,6 +259,7 @@ class Session:
         """Send a task (a large enhance image is uploaded first, as `Client.submit` does)."""
         request = pb.StreamRequest(task=task)
         await self._client._upload_large_images([request.task])
+        self._client._check_size(request, "task")
         await self._queue.put(request)
 
     async def close(self) -> None:

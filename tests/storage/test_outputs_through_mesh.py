@@ -11,7 +11,7 @@ import pytest
 
 from gen_worker.providers.local import render
 from gateway.grants import Grants
-from imagemesh.client import Client, generate
+from imagemesh.client import Client, RequestTooLarge, enhance, generate
 from imagemesh.storage.keys import attempt_prefix, object_key
 from imagemesh.v1 import imagemesh_pb2 as pb
 from imagemesh.v1 import worker_pb2 as wpb
@@ -161,3 +161,36 @@ async def test_small_objects_share_one_stream_and_a_refused_one_fails_alone(mesh
     assert (receipts[4].error_code, receipts[4].size_bytes) == ("", 6)
     assert (root / mine / "a.png").read_bytes() == b"first" and (root / mine / "b.png").read_bytes() == b"second"
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["a.png", "b.png"]
+
+
+def _noise_png(side: int, seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def test_a_batch_over_the_message_limit_is_refused_by_the_client_unless_its_images_can_be_uploaded(
+        mesh_factory, tmp_path):
+    m = mesh_factory()
+    inline_only = m.start_gateway(IMAGEMESH_STORAGE_URL="none")
+    storing = m.start_gateway(IMAGEMESH_STORAGE_URL=str(tmp_path / "store"))
+    images = [_noise_png(200, seed) for seed in range(4)]
+    assert all(len(i) > 100_000 for i in images)
+    limits = dict(max_message_bytes=300_000, upload_threshold=50_000)
+
+    async def accepted(address: str, n: int) -> bool:
+        async with Client(address, CLIENT_KEY, **limits) as c:
+            async for e in c.submit([enhance(i, f"e{k}.png") for k, i in enumerate(images[:n])]):
+                await c.cancel(e.batch_id)
+                return e.HasField("accepted")
+        return False
+
+    with pytest.raises(RequestTooLarge) as refused:
+        await accepted(inline_only.values["GATEWAY"], 4)
+    assert "300000" in str(refused.value) and "batch of 4 tasks" in str(refused.value)
+    assert await accepted(inline_only.values["GATEWAY"], 2), "a batch within the limit still goes inline"
+    assert await accepted(storing.values["GATEWAY"], 4), "with storage the images are uploaded, not sent inline"
