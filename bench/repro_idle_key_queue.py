@@ -1,15 +1,16 @@
 """Reproduction (gateway performance, not a benchmark scenario): once a second key's queue
-exists, even empty, the same local load runs at about half the rate.
+existed, even empty, the same local load ran at about half the rate (fixed in 95a28c3: credits
+are shared only among queues with work; this script now shows the two rates about equal).
 
     python -m bench.repro_idle_key_queue
 
 One gateway + 2 workers (capacity 32), local provider, 20 000 tasks (20 batches of 1 000) twice;
 then 10 tasks on a Replicate key (the fake, latency 0), which leave an empty second queue;
-then the same local load twice more. Measured here (quiet machine): ~2 500 tasks/s and 0.30
+then the same local load twice more. Measured before the fix (quiet machine): ~2 500 tasks/s and 0.30
 gateway CPU-ms per task before, ~1 050 tasks/s and 0.82 after (workers 0.21 → 0.46 CPU-ms).
-A suspect: gateway/dispatch.py `_pool_loop` divides the read batch by the number of ready
+The cause was: gateway/dispatch.py `_pool_loop` divided the read batch by the number of ready
 queues (`per_queue = min(read_batch, credits) // len(ready)`), empty ones included, so a busy
-queue is read in smaller bites (more Redis round trips and smaller worker frames per task).
+queue was read in smaller bites (more Redis round trips and smaller worker frames per task).
 """
 
 from __future__ import annotations

@@ -69,8 +69,8 @@ async def run(rig: R.Rig) -> dict:
                     runs["mesh_local"].append(await _mesh_run(m, n, lambda k: local_tasks(k, prefix=f"l{rep}-"),
                                                               redis_pid=redis_pid))
                     runs["celery"].append(await asyncio.to_thread(run_celery, celery_url, n, cprocs, 180))
-            # A known problem, measured: once a second key's queue exists (10 tasks, now empty),
-            # the same local load runs at about half the rate (see the report's note).
+            # A regression check: once a second key's queue exists (10 tasks, now empty), the
+            # same local load used to run at half the rate (fixed in 95a28c3; see the report's note).
             await run_batches(m.address, R.CLIENT_KEY, [replicate_tasks(10, prefix="x")], credentials={"replicate": "tok"})
             runs["mesh_local_after_second_key"].append(await _mesh_run(
                 m, n, lambda k: local_tasks(k, prefix="z-"), redis_pid=redis_pid))
@@ -103,7 +103,7 @@ def summarize(runs: dict[str, list[dict]], n: int, n_ref: int) -> dict:
          fmt(col("mesh_fake_replicate", "gateway_cpu_s_per_1000")),
          fmt(col("mesh_fake_replicate", "workers_cpu_s_per_1000")),
          fmt(col("mesh_fake_replicate", "client_cpu_s_per_1000"))],
-        ["mesh, local, after 10 tasks on a 2nd key (known problem)", n,
+        ["mesh, local, after 10 tasks on a 2nd key (regression check)", n,
          fmt(col("mesh_local_after_second_key", "tasks_per_s")),
          fmt(col("mesh_local_after_second_key", "gateway_cpu_s_per_1000")),
          fmt(col("mesh_local_after_second_key", "workers_cpu_s_per_1000")),
@@ -135,9 +135,10 @@ def summarize(runs: dict[str, list[dict]], n: int, n_ref: int) -> dict:
                   f"{fmt(spread(total, 3))} s; on {cores} cores that alone bounds the end-to-end rate at "
                   f"≈{1000 * cores / statistics.median(total):.0f} tasks/s — every process of the run shares them. "
                   f"Redis CPU-s / 1 000 tasks: {fmt(col('mesh_local', 'redis_cpu_s_per_1000'))}.",
-                  "Known problem (gateway, reported): after one small batch on a second key, whose queue is empty "
-                  "again, the same local load runs at about half the rate with about twice the CPU per task in the "
-                  "gateway and the workers (last row); reproduction: `python -m bench.repro_idle_key_queue`."],
+                  "Regression check (last row): after one small batch on a second key, whose queue is empty again, "
+                  "the same local load ran at about half the rate until dispatch shared credits only among queues "
+                  "with work (95a28c3); it should stay near the first row. `python -m bench.repro_idle_key_queue` "
+                  "reproduces the old setting."],
         "raw": runs,
     }
 
