@@ -18,14 +18,14 @@ import sys
 import time
 import traceback
 
-from bench import (enhance, fairness, head_of_line, idle_cost, key_limits, machine, memory, report, scale_out,
-                   storage, streaming, throughput)
+from bench import (enhance, event_loop, fairness, head_of_line, idle_cost, key_limits, machine, memory, report,
+                   scale_out, storage, streaming, throughput)
 from bench.external import Pending
 from bench.rig import Rig
 from tests.conftest import RedisServer
 
 SCENARIOS = {1: throughput, 2: key_limits, 3: head_of_line, 4: streaming, 5: scale_out, 6: enhance, 7: memory,
-             8: storage, 9: fairness, 10: idle_cost}
+             8: storage, 9: fairness, 10: idle_cost, 11: event_loop}
 DEFAULT_SOAK_S, QUICK_SOAK_S = 150.0, 30.0
 
 

@@ -37,6 +37,7 @@ PROVIDERS = ("local", "replicate", "fal", "openai")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 TRACING = ("off", "otlp", "console")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 class SettingError(ValueError):
@@ -309,6 +310,9 @@ class CommonSettings:
                                       "attempt, tenant and worker ids as fields)", check=one_of(*LOG_FORMATS))
     tracing: str = setting("off", "OpenTelemetry traces: off, otlp (OTEL_EXPORTER_OTLP_* settings; needs the "
                                   "`tracing` extra), console (spans on stderr)", check=one_of(*TRACING))
+    event_loop: str = setting("auto", "Event loop: uvloop, asyncio, or auto (uvloop when installed, as the server "
+                                      "extra does: it measured faster, see bench/REPORT.md)",
+                              check=one_of(*EVENT_LOOPS))
 
     def validate(self) -> None:
         """Cross-field checks; subclasses extend it. Raises SettingError."""

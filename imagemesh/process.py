@@ -83,6 +83,21 @@ async def start_health(port: int, host: str = "127.0.0.1"):
     return health
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop `choice` (CommonSettings.event_loop) names. uvloop runs the same asyncio
+    code with less CPU per message (bench/REPORT.md, scenario 1); grpc.aio and redis.asyncio
+    work on either. Raises SettingError when uvloop is asked for and not installed."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SettingError("event_loop", "uvloop is not installed (pip install 'imagemesh[server]')") from None
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
 def run(prog: str, role: str, settings: S, amain: Callable[[S], Awaitable[int]]) -> NoReturn:
     """Configure logging, tracing and /metrics from `settings`, run `amain(settings)`, exit with
     its status. A SettingError or FatalError on the way (a port in use, Redis unreachable, no
@@ -92,7 +107,8 @@ def run(prog: str, role: str, settings: S, amain: Callable[[S], Awaitable[int]])
         configure_logging(settings.log_level, settings.log_format)
         tracing.configure(settings.tracing, f"imagemesh-{role}")
         serve_metrics(settings.metrics_port, role, settings.metrics_host)
-        code = asyncio.run(amain(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            code = runner.run(amain(settings))
     except (SettingError, FatalError) as exc:
         fail(prog, str(exc))
     finally:

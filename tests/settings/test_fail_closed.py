@@ -62,6 +62,7 @@ WORKER_ENV = {"IMAGEMESH_GATEWAY": "127.0.0.1:1", "IMAGEMESH_METRICS_PORT": "-1"
     (["--max-attempts", "0"], {}, ["IMAGEMESH_MAX_ATTEMPTS"], "below the minimum of 1"),
     (["--allow-server-tokens", "maybe"], {}, ["IMAGEMESH_ALLOW_SERVER_TOKENS"], "'maybe' is not a boolean"),
     (["--log-format", "xml"], {}, ["IMAGEMESH_LOG_FORMAT"], "'xml' is not one of text, json"),
+    (["--event-loop", "trio"], {}, ["IMAGEMESH_EVENT_LOOP"], "'trio' is not one of auto, uvloop, asyncio"),
     (["--api-keys", "root:abc"], {}, ["IMAGEMESH_API_KEYS"], "role must be one of"),
     (["--no-such-flag"], {}, ["--no-such-flag"], "unrecognized arguments"),
 ])

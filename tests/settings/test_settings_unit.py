@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -36,3 +38,21 @@ def test_addresses_that_do_not(value):
 def test_mapping_errors_name_the_item():
     with pytest.raises(ValueError, match=r"'eight' is not a whole number \(in 'replicate=eight'\)"):
         parse_mapping("fal=2, replicate=eight", value_type=int)
+
+
+def test_the_event_loop_setting_picks_uvloop_when_installed_and_refuses_it_when_not(monkeypatch):
+    import asyncio
+
+    import uvloop
+
+    from imagemesh.config import SettingError
+    from imagemesh.process import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)
+    with asyncio.Runner(loop_factory=loop_factory("asyncio")) as runner:
+        assert not isinstance(runner.get_loop(), uvloop.Loop)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: the import fails
+    assert loop_factory("auto") is asyncio.new_event_loop
+    with pytest.raises(SettingError, match="IMAGEMESH_EVENT_LOOP.*uvloop is not installed"):
+        loop_factory("uvloop")
