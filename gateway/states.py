@@ -3,7 +3,7 @@
 The Lua scripts that decide exactly-once (gateway/batches.py) compare states by name, never by
 number: `LUA_STATES` is generated here from the generated proto module, so reordering or
 renumbering `TaskState` in the proto changes the scripts with it instead of silently breaking
-them (tests/unit/test_states.py checks the generated text against the enum).
+them (tests/dispatch/test_batch_scripts.py checks the generated text against the enum).
 """
 
 from __future__ import annotations

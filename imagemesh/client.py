@@ -21,7 +21,8 @@ Files: results carry stored outputs as references (`OutputFile.object`, and on S
 presigned `url`); `download(batch_id, object)` streams one through the gateway, whatever the
 backend (`imagemesh.downloads` saves whole batches). Enhance images larger than
 `upload_threshold` are uploaded first (`upload_input`) and submitted by reference, so large
-inputs never ride in the request or the task queue.
+inputs never ride in the request or the task queue. A gateway that stores nothing keeps them
+inline; a request that then passes `max_message_bytes` raises RequestTooLarge before it is sent.
 """
 
 from __future__ import annotations
