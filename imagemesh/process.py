@@ -85,7 +85,7 @@ async def start_health(port: int, host: str = "127.0.0.1"):
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop `choice` (CommonSettings.event_loop) names. uvloop runs the same asyncio
-    code with less CPU per message (bench/REPORT.md, scenario 1); grpc.aio and redis.asyncio
+    code with less CPU per message (bench/REPORT.md, scenario 11); grpc.aio and redis.asyncio
     work on either. Raises SettingError when uvloop is asked for and not installed."""
     if choice == "asyncio":
         return asyncio.new_event_loop
