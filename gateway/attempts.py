@@ -301,11 +301,16 @@ def decide(a: Attempt, event: Event, policy: Policy) -> Decision:
         if phase is Phase.HELD:
             return _settle(Requeue(event.reason, counts=False, retire=a.raced), LeaseFate.RELEASE, a, policy)
         if event.reason is Reason.DRAIN:
-            # This gateway is going away: stop the worker's job and run it elsewhere now (the
-            # late CANCELLED result finds the attempt gone).
-            d = _settle(Requeue(Reason.DRAIN, counts=False, retire=a.raced), LeaseFate.RELEASE, a, policy)
-            return Decision(d.phase, lease=d.lease, outcome=d.outcome, send_cancel=True,
-                            cancel_reason=Reason.DRAIN)
+            # This gateway is going away: stop the worker's job (unless it was told already)
+            # and settle now; the late CANCELLED result finds the attempt gone. The job may
+            # still run at the provider until the cancel lands, so its slot stays counted (a
+            # zombie until its hard end), as for a lost worker: the key's limit holds.
+            if a.cancel_reason in (Reason.BATCH_CANCELLED, Reason.RACE_LOST):
+                return Decision(Phase.SETTLING, lease=LeaseFate.ABANDON, outcome=Drop(a.cancel_reason.value))
+            d = _settle(Requeue(Reason.DRAIN, counts=False, retire=a.raced), LeaseFate.ABANDON, a, policy)
+            told = phase is Phase.CANCELLING
+            return Decision(d.phase, lease=d.lease, outcome=d.outcome, send_cancel=not told,
+                            cancel_reason=a.cancel_reason if told else Reason.DRAIN)
         return _ignore(a)
     if isinstance(event, Failed):
         if phase is Phase.HELD:

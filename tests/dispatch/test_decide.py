@@ -83,6 +83,12 @@ def test_a_drain_never_counts_against_max_attempts():
     assert isinstance(d.outcome, Requeue) and not d.outcome.counts
 
 
+def test_a_drain_past_its_grace_cancels_at_the_worker_and_leaves_the_slot_counted():
+    d = decide(assigned(attempt()), Unassignable(Reason.DRAIN), POLICY)
+    assert isinstance(d.outcome, Requeue) and d.outcome.reason is Reason.DRAIN and not d.outcome.counts
+    assert d.send_cancel and d.lease is LeaseFate.ABANDON, "the job may still run at the provider until the cancel lands"
+
+
 def test_a_lease_lost_while_waiting_for_a_worker_requeues_the_task_instead_of_dropping_it():
     d = decide(attempt(), LeaseLost(), POLICY)
     assert isinstance(d.outcome, Requeue) and d.outcome.reason is Reason.LEASE_LOST and not d.outcome.counts
@@ -167,6 +173,8 @@ class AttemptLife(RuleBasedStateMachine):
             assert before is Phase.ASSIGNED, "only a worker that has the attempt is told to cancel it"
         if isinstance(event, WorkerGone):
             assert d.lease is not LeaseFate.RELEASE, "a lost worker's job may still run: never free its slot"
+        if d.send_cancel and d.phase is Phase.SETTLING:
+            assert d.lease is not LeaseFate.RELEASE, "settled while the worker is only told to cancel: never free its slot"
         if isinstance(d.outcome, Finish) and d.outcome.result.state == pb.CANCELLED:
             raise AssertionError("a worker's CANCELLED never becomes the task's result")
         if isinstance(d.outcome, Requeue) and d.outcome.counts:
