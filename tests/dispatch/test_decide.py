@@ -111,6 +111,16 @@ def test_a_cancelled_batch_drops_the_attempt_and_never_records_the_workers_cance
     assert isinstance(decide(a, res(pb.CANCELLED), POLICY).outcome, Drop)
 
 
+def test_a_drain_while_cancelling_settles_without_a_second_cancel_and_keeps_a_cancelled_batch_dropped():
+    for reason, outcome in ((Reason.BATCH_CANCELLED, Drop), (Reason.LEASE_LOST, Requeue)):
+        a = assigned(attempt())
+        d = decide(a, Cancel(reason) if reason is Reason.BATCH_CANCELLED else LeaseLost(), POLICY)
+        a.phase, a.cancel_reason = d.phase, d.cancel_reason
+        d = decide(a, Unassignable(Reason.DRAIN), POLICY)
+        assert d.phase is Phase.SETTLING and isinstance(d.outcome, outcome), (reason, d)
+        assert not d.send_cancel and d.lease is LeaseFate.ABANDON, (reason, d)
+
+
 def test_a_cancel_the_worker_did_on_its_own_requeues():
     d = decide(assigned(attempt()), res(pb.CANCELLED), POLICY)
     assert isinstance(d.outcome, Requeue) and d.outcome.reason is Reason.WORKER_CANCELLED
