@@ -20,6 +20,8 @@ first: every state and transition of dispatch is here.
 
     worker lost ─▶ SETTLING (Requeue; the lease is left to expire into a zombie: its provider
                    job may still run)
+    drain past its grace, ASSIGNED or CANCELLING ─▶ SETTLING (cancel sent if not yet; Requeue,
+                   or Drop for a cancelled batch; the lease left to expire, as for a lost worker)
 
 What each outcome does in Redis (gateway.outcomes), in an order that a crash or a Redis error
 between any two steps leaves recoverable by retrying, or by the gateway that claims the entry:
