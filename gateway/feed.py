@@ -36,8 +36,7 @@ from imagemesh import metrics
 from imagemesh.leases import Lease
 from imagemesh.v1 import imagemesh_pb2 as pb
 
-from .attempts import Attempt, Drop, Pool
-from .attempts import Decision, LeaseFate, Phase
+from .attempts import Attempt, Decision, Drop, LeaseFate, Phase, Pool
 from .batches import BatchStore
 from .entries import QueueEntry
 from .fairness import FairShare
@@ -236,17 +235,23 @@ class Feed:
         if not kept:
             return
         try:
-            flows = [q for q in self.known[Pool.GENERATE] if q.key_id == key_id]
-            try:
-                lags = await self.queues.lags(flows)
-            except BaseException:
-                await _release_quietly(self.leases, kept)
-                raise
-            plan = self.fair.allocate(self.fair.flows(lags), len(kept))
-            await self._admit(await self._read(plan, {key_id: kept}))
-            await self._assign(Pool.GENERATE)
+            await self._start_under(Pool.GENERATE, key_id, kept)
         except RedisError as exc:
             log.warning("handing leases of %s on: Redis error %s", key_id, type(exc).__name__)
+
+    async def _start_under(self, pool: Pool, key_id: str, leases: list[Lease]) -> None:
+        """Read and start as many of the key's entries as `leases` allow, shared fairly between
+        its flows, and assign them. The leases are released if the flows can't be looked at;
+        once entries are read, each lease rides with its attempt (or `_read` releases it)."""
+        flows = [q for q in self.known[pool] if q.key_id == key_id]
+        try:
+            lags = await self.queues.lags(flows)
+        except BaseException:
+            await _release_quietly(self.leases, leases)
+            raise
+        plan = self.fair.allocate(self.fair.flows(lags), len(leases))
+        await self._admit(await self._read(plan, {key_id: leases}))
+        await self._assign(pool)
 
     def _wait_for_leases(self, pool: Pool, key_id: str, want: int) -> None:
         """Wait in the key's FIFO line (a ticket in Redis) without holding up other keys."""
@@ -254,16 +259,7 @@ class Feed:
 
         async def wait() -> None:
             try:
-                leases = await self.leases.acquire(key_id, want)
-                flows = [q for q in self.known[pool] if q.key_id == key_id]
-                try:
-                    lags = await self.queues.lags(flows)
-                except BaseException:
-                    await _release_quietly(self.leases, leases)
-                    raise
-                plan = self.fair.allocate(self.fair.flows(lags), len(leases))
-                await self._admit(await self._read(plan, {key_id: leases}))
-                await self._assign(pool)
+                await self._start_under(pool, key_id, await self.leases.acquire(key_id, want))
             except asyncio.CancelledError:
                 raise
             except RedisError as exc:

@@ -32,11 +32,10 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from imagemesh.auth import ApiKeys
-from imagemesh.config import parse_mapping
+from imagemesh.config import SettingError, parse_mapping
 from imagemesh.credentials import Sealer
 from imagemesh.health import LIVENESS, HealthServer
 from imagemesh.leases import LeaseBook
-from imagemesh.config import SettingError
 from imagemesh.process import FatalError, check_bindable
 from imagemesh.tls import ServerTls, TlsConfigError, describe_server
 from imagemesh.v1 import imagemesh_pb2 as pb
@@ -49,8 +48,8 @@ from .batches import BatchStore
 from .budget import DailyBudget
 from .dedup import Dedup
 from .dispatch import Dispatcher, DispatchSettings
-from .follower import EventFollower
 from .files_api import WorkerObjectsServicer
+from .follower import EventFollower
 from .interceptors import Authenticator
 from .outputs import build_outputs
 from .queues import TaskQueues
@@ -59,8 +58,8 @@ from .registry import WorkerRegistry
 from .routing import Routing, RoutingSettings
 from .service import BatchService
 from .settings import GatewaySettings
-from .tenants import TenantKeys
 from .streams import OpenStreams
+from .tenants import TenantKeys
 from .validation import Limits
 from .worker_link import WorkerLinkServicer
 

@@ -31,10 +31,10 @@ from .dedup import Dedup, Follower, dedup_hash
 from .dispatch import Dispatcher
 from .entries import QueueEntry
 from .fairness import klass
-from .tenants import KeysOverCap, TenantKeys
 from .follower import UnknownBatch, serialized
 from .queues import QueueName, TaskQueues
 from .routing import Routing
+from .tenants import KeysOverCap, TenantKeys
 from .validation import BadRequest, Limits, check_batch, check_credentials, check_task
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from .attempts import Attempt, Decision, LeaseFate, LeaseLost, Phase, Pool, Reas
 from .feed import Feed
 from .inflight import InFlight
 from .outcomes import Outcomes
-from .queues import TaskQueues
+from .queues import QueueName, TaskQueues
 from .routing import Routing
 
 log = logging.getLogger("imagemesh.gateway.upkeep")
@@ -47,7 +47,7 @@ class Upkeep:
         self.max_held = max_held
         self.claim_idle_ms = int(max(lease_ttl * 3, 3.0) * 1000)
         self.queue_idle = queue_idle
-        self._empty_since: dict = {}
+        self._empty_since: dict[QueueName, float] = {}  # flow -> when it was first seen empty
         self._react = react
         self._attempt_of = attempt_of   # (entry) -> Attempt, for claimed entries
         self._settle = settle
@@ -193,8 +193,10 @@ class Upkeep:
             if now - since >= self.queue_idle and await self.queues.collect(q, self.queue_idle):
                 gone.append(q)
         for q in gone:
-            self._empty_since.pop(q, None)
             self.feed.known[pool].discard(q)
+        # Forget flows this gateway no longer knows (collected here, or by another gateway).
+        for q in [q for q in self._empty_since if q.pool == pool.value and q not in self.feed.known[pool]]:
+            del self._empty_since[q]
         if gone:
             self.feed.fair.forget(gone)
             metrics.QUEUES_COLLECTED.inc(len(gone))
